@@ -1,0 +1,91 @@
+"""Seeing a client go away while its stream has nothing to write.
+
+A server only learns that a client closed the connection when a write fails,
+which for a quiet stream can be a heartbeat interval later. Where the WSGI
+server tells us the client socket, we watch it in the gevent hub instead: a
+closed connection turns readable (end of file) at once. An SSE client sends
+nothing after its request, so readable almost always means gone; we peek to
+be sure and never consume a byte.
+
+The socket is found under these ``environ`` keys, first match wins:
+
+* ``flask_sse_stream.socket``: our :func:`~flask_sse_stream.serve` runner;
+* ``gunicorn.socket``: gunicorn's ``gevent`` worker (and its other workers);
+* ``gunicorn.sock``: gunicorn's ``gevent_pywsgi`` worker;
+* ``werkzeug.socket``: the werkzeug development server (``flask run``).
+
+Anything else (a test client, another server) falls back to failed writes.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import gevent
+from gevent import monkey
+
+__all__ = ["SOCKET_KEYS", "SocketWatch", "find_socket", "peer_closed"]
+
+SOCKET_KEYS = ("flask_sse_stream.socket", "gunicorn.socket", "gunicorn.sock", "werkzeug.socket")
+
+# The unpatched class: peeking must never wait, even in a patched process.
+_RawSocket: type[socket.socket] = monkey.get_original("socket", "socket")
+_PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
+_READ = 1  # libev/libuv EV_READ
+
+
+def find_socket(environ: Mapping[str, Any]) -> socket.socket | None:
+    """Return the client socket a WSGI server put in ``environ``, if any."""
+    for key in SOCKET_KEYS:
+        sock = environ.get(key)
+        if sock is not None and hasattr(sock, "fileno"):
+            return sock  # type: ignore[no-any-return]
+    return None
+
+
+def peer_closed(sock: socket.socket) -> bool:
+    """Tell, without blocking or consuming data, whether the peer has gone."""
+    try:
+        fd = sock.fileno()
+    except OSError:
+        return True
+    if fd < 0:
+        return True
+    raw = _RawSocket(fileno=fd)
+    try:
+        return raw.recv(1, _PEEK) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    finally:
+        raw.detach()
+
+
+class SocketWatch:
+    """Call ``callback`` once, from the hub, when ``sock`` turns readable.
+
+    The callback must not block; it runs in the hub greenlet.
+    """
+
+    __slots__ = ("_callback", "_watcher")
+
+    def __init__(self, sock: socket.socket, callback: Callable[[], None]) -> None:
+        self._callback = callback
+        self._watcher: Any = gevent.get_hub().loop.io(sock.fileno(), _READ)
+        self._watcher.start(self._fire)
+
+    def _fire(self) -> None:
+        # The watcher is level-triggered: stop it before anything else.
+        self.stop()
+        self._callback()
+
+    def stop(self) -> None:
+        """Stop watching; safe to call more than once."""
+        watcher = self._watcher
+        if watcher is not None:
+            self._watcher = None
+            watcher.stop()
+            watcher.close()

@@ -1,0 +1,83 @@
+"""The ``flask-sse-stream`` command.
+
+``flask-sse-stream serve module:app`` serves a Flask app on gevent. The
+console script and ``python -m flask_sse_stream`` patch the process with
+gevent before they import anything else (see ``__main__``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .server import serve
+
+__all__ = ["load_app", "main"]
+
+
+def load_app(target: str) -> Callable[..., Any]:
+    """Import ``module:name`` (``name`` defaults to ``app``) from the current directory.
+
+    ``module:factory()`` calls an application factory without arguments.
+    """
+    module_name, _, name = target.partition(":")
+    name = name or "app"
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    module = importlib.import_module(module_name)
+    call = name.endswith("()")
+    attr = getattr(module, name.removesuffix("()"), None)
+    if attr is None:
+        raise SystemExit(f"error: module {module_name!r} has no attribute {name!r}")
+    app = attr() if call else attr
+    if not callable(app):
+        raise SystemExit(f"error: {target!r} is not a WSGI application")
+    return app  # type: ignore[no-any-return]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flask-sse-stream", description="Serve Server-Sent Events from Flask on gevent."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("serve", help="serve a Flask app with gevent's WSGIServer")
+    run.add_argument("app", metavar="MODULE:APP", help="the app, e.g. examples.demo:app")
+    run.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    run.add_argument("--port", type=int, default=5000, help="port to bind; 0 picks one")
+    run.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=5.0,
+        help="seconds to let responses finish on SIGTERM/SIGINT (default 5)",
+    )
+    run.add_argument(
+        "--drain-retry",
+        type=int,
+        default=1000,
+        help="base reconnection delay in ms sent to clients on shutdown (default 1000)",
+    )
+    run.add_argument("--no-access-log", action="store_true", help="do not log each request")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the command line; the process must already be patched by gevent."""
+    args = _parser().parse_args(argv)
+    app = load_app(args.app)
+
+    def ready(host: str, port: int) -> None:
+        print(f"flask-sse-stream: serving {args.app} on http://{host}:{port}", flush=True)
+
+    serve(
+        app,
+        args.host,
+        args.port,
+        drain_timeout=args.drain_timeout,
+        drain_retry=args.drain_retry,
+        access_log=not args.no_access_log,
+        on_ready=ready,
+    )

@@ -1,0 +1,102 @@
+"""The heartbeat: one greenlet per interval keeps idle streams alive.
+
+Proxies cut connections that carry no bytes for a while (nginx and AWS ALB
+after 60 s by default), so every stream that has written nothing for its
+heartbeat interval gets a comment line.
+
+One loop serves all streams that share an interval, instead of a timer per
+stream: a per-stream timeout costs a timer start and stop on every event,
+while the shared loop only compares a timestamp per stream per wake-up (see
+``docs/design.md`` for the measurement). The loop wakes three times per
+interval and beats the streams idle for two thirds of it or more, so no
+stream is ever silent for longer than the interval. ``beat()`` must not
+block or close the stream. The last stream to leave a loop kills it, so an
+idle process has no timer; with the heartbeat disabled none ever starts.
+
+A hub (one per thread) has its own loops: the werkzeug development server
+runs each request in a thread with its own gevent hub.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from typing import Protocol
+
+import gevent
+from gevent.hub import Hub
+
+__all__ = ["Beatable", "Heartbeat", "for_current_hub"]
+
+
+class Beatable(Protocol):
+    """What the heartbeat needs from a stream."""
+
+    last_write: float
+
+    def beat(self) -> None:
+        """Send a heartbeat now (without blocking)."""
+
+
+class _Loop:
+    __slots__ = ("greenlet", "interval", "streams")
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.streams: set[Beatable] = set()
+        self.greenlet: gevent.Greenlet[[], None] | None = None
+
+    def run(self) -> None:
+        period = self.interval / 3
+        idle = self.interval - period
+        while True:
+            gevent.sleep(period)
+            now = time.monotonic()
+            for stream in self.streams:
+                if now - stream.last_write >= idle:
+                    stream.beat()
+
+
+class Heartbeat:
+    """The heartbeat loops of one gevent hub, one per interval in use."""
+
+    def __init__(self) -> None:
+        self._loops: dict[float, _Loop] = {}
+
+    def add(self, stream: Beatable, interval: float) -> None:
+        """Beat ``stream`` whenever it has been idle for ``interval`` seconds."""
+        loop = self._loops.get(interval)
+        if loop is None:
+            loop = self._loops[interval] = _Loop(interval)
+        loop.streams.add(stream)
+        if loop.greenlet is None:
+            loop.greenlet = gevent.spawn(loop.run)
+
+    def discard(self, stream: Beatable, interval: float) -> None:
+        """Stop beating ``stream``; the last stream of a loop ends the loop."""
+        loop = self._loops.get(interval)
+        if loop is not None:
+            loop.streams.discard(stream)
+            if not loop.streams:
+                del self._loops[interval]
+                if loop.greenlet is not None:
+                    loop.greenlet.kill(block=False)
+
+    def stop(self) -> None:
+        """Kill every loop of this hub now (for tests and shutdown)."""
+        for loop in self._loops.values():
+            if loop.greenlet is not None:
+                loop.greenlet.kill()
+        self._loops.clear()
+
+
+_by_hub: weakref.WeakKeyDictionary[Hub, Heartbeat] = weakref.WeakKeyDictionary()
+
+
+def for_current_hub() -> Heartbeat:
+    """Return the heartbeat of the calling thread's gevent hub."""
+    hub = gevent.get_hub()
+    heartbeat = _by_hub.get(hub)
+    if heartbeat is None:
+        heartbeat = _by_hub[hub] = Heartbeat()
+    return heartbeat

@@ -1,0 +1,346 @@
+"""The response body of one event stream.
+
+:class:`EventStream` is the WSGI iterable a stream view returns. Two
+greenlets share it:
+
+* the *producer* greenlet runs the view's generator, encodes each item and
+  puts the bytes into a bounded buffer, blocking when the buffer is full so a
+  slow client back-pressures the producer and memory stays bounded;
+* the server's *handler* greenlet iterates the stream: each ``next()`` takes
+  everything buffered, so events queued faster than the socket drains are
+  coalesced into one chunk, and a chunk only ever holds whole events.
+
+The first ``next()`` returns the preamble (a ``retry:`` field or a comment)
+without waiting for the producer: gevent's pywsgi and gunicorn send the
+response headers with the first non-empty chunk, so the client sees the
+response open at once even when the producer blocks for minutes.
+
+The stream ends, and the producer is killed wherever it is blocked (its
+``finally`` clauses run), when the client goes away (seen by
+:mod:`flask_sse_stream.cancel` or by a failed write), when a write takes
+longer than the write timeout, when the server drains, or when the
+producer finishes or raises. A producer's exception is logged with its
+traceback; the client only sees the stream end.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import random
+import socket
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import gevent
+from gevent.queue import Empty, Full, Queue
+
+from . import heartbeat as _heartbeat
+from .cancel import SocketWatch, peer_closed
+from .event import Event
+
+__all__ = ["HEARTBEAT", "CloseReason", "EventStream", "drain", "open_streams"]
+
+HEARTBEAT = b":\n"
+"""The comment sent on an idle stream."""
+
+
+class CloseReason(enum.Enum):
+    """Why a stream ended."""
+
+    FINISHED = "finished"
+    """The producer returned."""
+    ERROR = "error"
+    """The producer raised; the exception was logged."""
+    DISCONNECT = "disconnect"
+    """The client closed the connection."""
+    WRITE_FAILED = "write-failed"
+    """A write to the client failed or timed out."""
+    DRAIN = "drain"
+    """The server is shutting down and asked the client to reconnect."""
+
+
+class _State(enum.Enum):
+    NEW = 0
+    OPEN = 1
+    ENDING = 2  # the last chunk has been returned
+    CLOSED = 3
+
+
+_open: set[EventStream] = set()
+
+
+def open_streams() -> frozenset[EventStream]:
+    """Return the streams of this process that are being served right now."""
+    return frozenset(_open)
+
+
+def drain(retry: int = 1000, jitter: float = 1.0) -> int:
+    """Ask every open stream of this hub to end after a last ``retry:`` field.
+
+    Each stream's clients are told to reconnect after ``retry`` milliseconds
+    plus a random share of ``retry * jitter``, so they come back spread out
+    instead of all at once. Returns how many streams were asked.
+    """
+    streams = open_streams()
+    for stream in streams:
+        delay = retry + int(random.random() * retry * jitter)
+        stream.end(Event(None, retry=delay).encode())
+    return len(streams)
+
+
+OnClose = Callable[[CloseReason], None]
+
+
+class EventStream:
+    """The WSGI response iterable of one stream; built by :meth:`SSE.stream`.
+
+    :param source: the producer: any iterable, usually the view's generator.
+    :param encode: turns one item of ``source`` into bytes; raises
+        ``TypeError`` or :class:`~flask_sse_stream.InvalidEventError` for an
+        item it cannot send.
+    :param preamble: the first bytes, sent at once; never empty.
+    :param heartbeat: seconds of silence before a heartbeat comment, or
+        ``None`` for no heartbeat.
+    :param sock: the client socket to watch and time writes on, if known.
+    :param write_timeout: seconds one write may block before the client is
+        dropped; needs ``sock``.
+    :param buffer_size: how many encoded items may wait for the socket.
+    :param context: entered in the producer greenlet around the whole
+        iteration, to give it the Flask application and request contexts.
+    :param on_close: called once, inside ``context``, with the reason the
+        stream ended.
+    :param logger: where a producer's exception is logged.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_buffer",
+        "_context",
+        "_encode",
+        "_end_frame",
+        "_heartbeat",
+        "_logger",
+        "_old_timeout",
+        "_on_close",
+        "_preamble",
+        "_producer",
+        "_readable",
+        "_reason",
+        "_sock",
+        "_source",
+        "_state",
+        "_watch",
+        "_write_timeout",
+        "last_write",
+    )
+
+    def __init__(
+        self,
+        source: Iterable[Any],
+        *,
+        encode: Callable[[Any], bytes],
+        preamble: bytes,
+        heartbeat: float | None = None,
+        sock: socket.socket | None = None,
+        write_timeout: float | None = None,
+        buffer_size: int = 64,
+        context: Callable[[], AbstractContextManager[Any]] = nullcontext,
+        on_close: OnClose | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        if not preamble:
+            raise ValueError("the preamble must not be empty: it is what sends the headers")
+        self._source = source
+        self._encode = encode
+        self._preamble = preamble
+        self._heartbeat = heartbeat or None
+        self._sock = sock
+        self._write_timeout = write_timeout
+        self._buffer: Queue[bytes | None] = Queue(buffer_size)
+        self._context = context
+        self._on_close = on_close
+        self._logger = logger or logging.getLogger("flask_sse_stream")
+        self._state = _State.NEW
+        self._reason: CloseReason | None = None
+        self._readable = False
+        self._end_frame = b""
+        self._producer: gevent.Greenlet[[], None] | None = None
+        self._watch: SocketWatch | None = None
+        self._old_timeout: float | None = None
+        self.last_write = 0.0
+
+    # The handler greenlet's side: the WSGI iterable.
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        if self._state is _State.OPEN:
+            return self._next_chunk()
+        if self._state is _State.NEW:
+            return self._start()
+        if self._state is _State.ENDING:
+            self._state = _State.CLOSED
+        raise StopIteration
+
+    def _start(self) -> bytes:
+        self._state = _State.OPEN
+        _open.add(self)
+        sock = self._sock
+        if sock is not None:
+            if self._write_timeout:
+                self._old_timeout = sock.gettimeout()
+                # gevent's sendall honours the timeout for the whole call.
+                sock.settimeout(self._write_timeout)
+            try:
+                self._watch = SocketWatch(sock, self._on_readable)
+            except (OSError, ValueError):
+                self._watch = None  # not watchable here: failed writes tell
+        self._producer = gevent.spawn(self._produce)
+        if self._heartbeat:
+            _heartbeat.for_current_hub().add(self, self._heartbeat)
+        self.last_write = time.monotonic()
+        return self._preamble
+
+    def _next_chunk(self) -> bytes:
+        frame = self._buffer.get()
+        if frame is None:
+            return self._wake_up(b"")
+        frames = [frame]
+        while True:
+            try:
+                frame = self._buffer.get_nowait()
+            except Empty:
+                break
+            if frame is None:
+                return self._wake_up(b"".join(frames))
+            frames.append(frame)
+        self.last_write = time.monotonic()
+        return b"".join(frames)
+
+    def _wake_up(self, pending: bytes) -> bytes:
+        """Act on why the handler was woken; return what to write, if anything."""
+        if self._readable and self._reason is None:
+            # The watch fired: the client closed, or (rarely) sent bytes.
+            self._readable = False
+            if self._sock is not None and peer_closed(self._sock):
+                self._reason = CloseReason.DISCONNECT
+        if self._reason is None:
+            if pending:
+                self.last_write = time.monotonic()
+                return pending
+            return self._next_chunk()
+        if self._reason is CloseReason.DISCONNECT:
+            self._stop_producer()
+            raise StopIteration
+        # FINISHED, ERROR or DRAIN: write what is left, then end.
+        self._state = _State.ENDING
+        last = pending + self._end_frame
+        if last:
+            return last
+        self._state = _State.CLOSED
+        raise StopIteration
+
+    # Called from elsewhere: the hub, the heartbeat loop, a drain.
+
+    def _on_readable(self) -> None:
+        self._readable = True
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            self._buffer.put_nowait(None)
+        except Full:
+            pass  # the handler is busy writing and checks on its next turn
+
+    def beat(self) -> None:
+        """Queue a heartbeat comment unless the stream is busy."""
+        try:
+            self._buffer.put_nowait(HEARTBEAT)
+        except Full:
+            pass
+
+    def end(self, last: bytes = b"") -> None:
+        """End the stream after what is buffered and ``last``; kill the producer."""
+        if self._reason is None and self._state is _State.OPEN:
+            self._reason = CloseReason.DRAIN
+            self._end_frame = last
+            self._stop_producer()
+            self._wake()
+
+    # The producer greenlet.
+
+    def _produce(self) -> None:
+        try:
+            with self._context():
+                try:
+                    put = self._buffer.put
+                    encode = self._encode
+                    for item in self._source:
+                        put(encode(item))
+                except gevent.GreenletExit:
+                    raise
+                except Exception:
+                    self._logger.exception("Exception in event stream; ending the stream")
+                    self._set_reason(CloseReason.ERROR)
+                else:
+                    self._set_reason(CloseReason.FINISHED)
+                finally:
+                    self._close_source()
+                    if self._on_close is not None:
+                        self._on_close(self._reason or CloseReason.DISCONNECT)
+        except gevent.GreenletExit:
+            return  # whoever killed the producer has set the reason
+        except Exception:
+            self._logger.exception("Exception while closing an event stream")
+            self._set_reason(CloseReason.ERROR)
+        try:
+            self._buffer.put(None)  # after the last frame: the handler ends
+        except gevent.GreenletExit:
+            pass
+
+    def _set_reason(self, reason: CloseReason) -> None:
+        if self._reason is None:
+            self._reason = reason
+
+    def _close_source(self) -> None:
+        close = getattr(self._source, "close", None)
+        if close is not None:
+            close()
+
+    def _stop_producer(self) -> None:
+        producer = self._producer
+        if producer is not None and producer is not gevent.getcurrent():
+            producer.kill(block=False)
+
+    # The end: the server calls close() on the iterable, whatever happened.
+
+    def close(self) -> None:
+        """Release everything; the server calls this when the response ends."""
+        if self._state is _State.NEW:
+            self._state = _State.CLOSED
+            self._close_source()  # never started, e.g. a HEAD request
+            return
+        self._state = _State.CLOSED
+        if self._reason is None:
+            # Neither producer nor stream ended it: the server gave up on a
+            # write (timeout or broken pipe) or was stopped.
+            self._reason = CloseReason.WRITE_FAILED
+        _open.discard(self)
+        if self._heartbeat:
+            _heartbeat.for_current_hub().discard(self, self._heartbeat)
+        if self._watch is not None:
+            self._watch.stop()
+            self._watch = None
+        sock = self._sock
+        if sock is not None and self._write_timeout:
+            try:
+                sock.settimeout(self._old_timeout)
+            except OSError:
+                pass
+        producer = self._producer
+        if producer is not None:
+            producer.kill(block=True, timeout=5)
