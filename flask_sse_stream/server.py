@@ -68,7 +68,7 @@ def serve(
     )
     server.start()
     if on_ready is not None:
-        on_ready(host, int(server.server_port))
+        on_ready(host, server.socket.getsockname()[1])
     stop = Flag()
     handlers = [gevent.signal_handler(sig, stop.set) for sig in (signal.SIGTERM, signal.SIGINT)]
     try:

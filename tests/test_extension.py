@@ -1,0 +1,362 @@
+"""The Flask extension, driven through Flask's test client (no server)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import gevent
+import gevent.event
+import pytest
+from flask import Flask, abort, g, request, session
+from flask.json.provider import DefaultJSONProvider
+from werkzeug.test import TestResponse
+
+from flask_sse_stream import SSE, CloseReason, Comment, ConfigError, Event
+
+pytestmark = pytest.mark.timeout(10)
+
+
+@pytest.fixture
+def app() -> Flask:
+    app = Flask(__name__)
+    app.config.update(SECRET_KEY="test", SSE_HEARTBEAT_INTERVAL=None)
+    return app
+
+
+@pytest.fixture
+def sse(app: Flask) -> SSE:
+    return SSE(app)
+
+
+def chunks(response: TestResponse, n: int) -> list[bytes]:
+    """Take the first ``n`` chunks of a streamed response, then close it."""
+    it = iter(response.response)
+    try:
+        return [next(it) for _ in range(n)]
+    finally:
+        response.close()
+
+
+def body(response: TestResponse) -> bytes:
+    """Read a finite stream to its end."""
+    try:
+        return b"".join(response.response)
+    finally:
+        response.close()
+
+
+# Registration and configuration
+
+
+def test_init_app_keeps_state_in_app_extensions_not_on_the_extension() -> None:
+    sse = SSE()
+    first, second = Flask("first"), Flask("second")
+    first.config["SSE_RETRY"] = 100
+    sse.init_app(first)
+    sse.init_app(second)
+    assert not hasattr(sse, "app")
+    assert first.extensions["sse"].config.retry == 100
+    assert second.extensions["sse"].config.retry == 3000
+
+
+def test_defaults_are_written_into_app_config(app: Flask, sse: SSE) -> None:
+    assert app.config["SSE_RETRY"] == 3000
+    assert app.config["SSE_WRITE_TIMEOUT"] == 30
+    assert app.config["SSE_BUFFER_SIZE"] == 64
+    assert app.config["SSE_HEARTBEAT_INTERVAL"] is None  # the fixture's own value stays
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("SSE_HEARTBEAT_INTERVAL", "15"),
+        ("SSE_HEARTBEAT_INTERVAL", -1),
+        ("SSE_HEARTBEAT_INTERVAL", True),
+        ("SSE_RETRY", 1.5),
+        ("SSE_RETRY", -1),
+        ("SSE_RETRY", False),
+        ("SSE_WRITE_TIMEOUT", "30s"),
+        ("SSE_BUFFER_SIZE", 0),
+        ("SSE_BUFFER_SIZE", 2.0),
+    ],
+)
+def test_bad_config_is_refused_at_init_app_naming_the_key(key: str, value: Any) -> None:
+    app = Flask(__name__)
+    app.config[key] = value
+    with pytest.raises(ConfigError, match=key):
+        SSE(app)
+
+
+def test_a_stream_of_an_app_without_init_app_says_what_to_do() -> None:
+    sse = SSE()
+    app = Flask(__name__)
+
+    @app.get("/s")
+    @sse.stream
+    def s() -> Iterator[str]:
+        yield "x"
+
+    app.config["PROPAGATE_EXCEPTIONS"] = True
+    with pytest.raises(RuntimeError, match="init_app"):
+        app.test_client().get("/s")
+
+
+@pytest.mark.parametrize(("heartbeat", "retry"), [(-1, None), ("5", None), (None, -5), (None, 1.5)])
+def test_bad_decorator_options_are_refused_when_decorating(
+    sse: SSE, heartbeat: Any, retry: Any
+) -> None:
+    with pytest.raises(ConfigError):
+        sse.stream(heartbeat=heartbeat, retry=retry)
+
+
+# The response
+
+
+def test_response_headers_and_no_length_or_encoding(app: Flask, sse: SSE) -> None:
+    @app.get("/s")
+    @sse.stream
+    def s() -> Iterator[str]:
+        yield "x"
+
+    response = app.test_client().get("/s", buffered=False)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "text/event-stream; charset=utf-8"
+    assert response.headers["Cache-Control"] == "no-cache"
+    assert response.headers["X-Accel-Buffering"] == "no"
+    for name in ("Content-Length", "Content-Encoding", "Connection", "Transfer-Encoding"):
+        assert name not in response.headers
+    assert body(response) == b"retry: 3000\n\ndata: x\n\n"
+
+
+def test_first_chunk_is_the_preamble_even_when_the_producer_blocks(app: Flask, sse: SSE) -> None:
+    @app.get("/s")
+    @sse.stream(retry=2000)
+    def s() -> Iterator[str]:
+        gevent.sleep(600)
+        yield "never"
+
+    response = app.test_client().get("/s", buffered=False)
+    with gevent.Timeout(2):
+        assert chunks(response, 1) == [b"retry: 2000\n\n"]
+
+
+def test_no_retry_sends_a_comment_first(app: Flask, sse: SSE) -> None:
+    app.extensions["sse"] = None
+    app.config["SSE_RETRY"] = None
+    sse.init_app(app)
+
+    @app.get("/s")
+    @sse.stream
+    def s() -> Iterator[str]:
+        yield "x"
+
+    assert body(app.test_client().get("/s", buffered=False)) == b":\n\ndata: x\n\n"
+
+
+def test_items_of_every_kind_are_encoded(app: Flask, sse: SSE) -> None:
+    @app.get("/s")
+    @sse.stream(retry=None)
+    def s() -> Iterator[Any]:
+        yield Event("a", event="e", id=1)
+        yield "b\nc"
+        yield {"k": [1, 2]}
+        yield [1, "two"]
+        yield Comment("note")
+        yield Event({"nested": True})
+
+    assert body(app.test_client().get("/s", buffered=False)) == (
+        b":\n\n"
+        b"id: 1\nevent: e\ndata: a\n\n"
+        b"data: b\ndata: c\n\n"
+        b'data: {"k": [1, 2]}\n\n'
+        b'data: [1, "two"]\n\n'
+        b": note\n"
+        b'data: {"nested": true}\n\n'
+    )
+
+
+def test_json_goes_through_the_apps_json_provider(app: Flask) -> None:
+    class Provider(DefaultJSONProvider):
+        def dumps(self, obj: Any, **kwargs: Any) -> str:
+            return json.dumps({"wrapped": obj}, separators=(",", ":"))
+
+    app.json = Provider(app)
+    sse = SSE(app)
+
+    @app.get("/s")
+    @sse.stream(retry=None)
+    def s() -> Iterator[Any]:
+        yield {"a": 1}
+        yield Event([2])
+
+    assert body(app.test_client().get("/s", buffered=False)) == (
+        b':\n\ndata: {"wrapped":{"a":1}}\n\ndata: {"wrapped":[2]}\n\n'
+    )
+
+
+def test_the_producer_sees_request_session_g_and_current_app(app: Flask, sse: SSE) -> None:
+    @app.before_request
+    def load_user() -> None:
+        g.user = "ada"
+
+    @app.get("/login")
+    def login() -> str:
+        session["n"] = 7
+        return "ok"
+
+    @app.get("/s")
+    @sse.stream(retry=None)
+    def s() -> Iterator[dict[str, Any]]:
+        from flask import current_app
+
+        yield {
+            "q": request.args["q"],
+            "user": g.user,
+            "n": session["n"],
+            "app": current_app.name,
+        }
+
+    client = app.test_client()
+    client.get("/login")
+    assert body(client.get("/s?q=hi", buffered=False)) == (
+        b':\n\ndata: {"app": "test_extension", "n": 7, "q": "hi", "user": "ada"}\n\n'
+    )
+
+
+def test_a_view_may_refuse_before_the_stream_starts(app: Flask, sse: SSE) -> None:
+    @app.get("/s")
+    @sse.stream
+    def s() -> Iterator[str]:
+        if request.args.get("token") != "ok":
+            abort(403)
+        return iter(["allowed"])
+
+    client = app.test_client()
+    assert client.get("/s").status_code == 403
+    assert body(client.get("/s?token=ok", buffered=False)).endswith(b"data: allowed\n\n")
+
+
+def test_a_view_may_return_a_finished_response(app: Flask, sse: SSE) -> None:
+    @app.get("/s")
+    @sse.stream
+    def s() -> Any:
+        return app.response_class(status=204)
+
+    assert app.test_client().get("/s").status_code == 204
+
+
+def test_a_view_that_returns_no_iterable_is_a_clear_error(app: Flask, sse: SSE) -> None:
+    @app.get("/s")
+    @sse.stream
+    def s() -> Any:
+        return "not a stream"
+
+    app.config["PROPAGATE_EXCEPTIONS"] = True
+    with pytest.raises(TypeError, match="must yield events"):
+        app.test_client().get("/s")
+
+
+def test_an_item_that_cannot_be_sent_ends_the_stream_and_is_logged(
+    app: Flask, sse: SSE, caplog: pytest.LogCaptureFixture
+) -> None:
+    @app.get("/s")
+    @sse.stream(retry=None)
+    def s() -> Iterator[Any]:
+        yield "fine"
+        yield 42
+
+    with caplog.at_level(logging.ERROR):
+        assert body(app.test_client().get("/s", buffered=False)) == b":\n\ndata: fine\n\n"
+    assert "Exception in event stream" in caplog.text
+    assert "not int" in caplog.text
+
+
+def test_a_raising_producer_ends_the_stream_without_a_traceback_to_the_client(
+    app: Flask, sse: SSE, caplog: pytest.LogCaptureFixture
+) -> None:
+    @app.get("/s")
+    @sse.stream(retry=None)
+    def s() -> Iterator[str]:
+        yield "before"
+        raise RuntimeError("secret detail")
+
+    with caplog.at_level(logging.ERROR):
+        out = body(app.test_client().get("/s", buffered=False))
+    assert out == b":\n\ndata: before\n\n"
+    assert "secret detail" in caplog.text
+
+
+def test_head_requests_never_start_the_producer(app: Flask, sse: SSE) -> None:
+    started = []
+
+    @app.get("/s")
+    @sse.stream
+    def s() -> Iterator[str]:
+        started.append(True)
+        yield "x"
+
+    response = app.test_client().head("/s")
+    assert response.status_code == 200
+    assert response.data == b""
+    assert started == []
+
+
+def test_closing_the_response_runs_the_producers_finally_and_on_close(app: Flask, sse: SSE) -> None:
+    cleaned = gevent.event.Event()
+    reasons: list[CloseReason] = []
+    seen_request: list[str] = []
+
+    @sse.on_close
+    def record(reason: CloseReason) -> None:
+        reasons.append(reason)
+        seen_request.append(request.path)
+
+    @app.get("/s")
+    @sse.stream
+    def s() -> Iterator[str]:
+        try:
+            yield "one"
+            gevent.sleep(600)
+            yield "never"
+        finally:
+            cleaned.set()
+
+    response = app.test_client().get("/s", buffered=False)
+    with gevent.Timeout(2):
+        assert chunks(response, 2) == [b"retry: 3000\n\n", b"data: one\n\n"]
+        assert cleaned.wait(2)
+    assert reasons == [CloseReason.WRITE_FAILED]
+    assert seen_request == ["/s"]
+
+
+def test_on_close_reports_a_finished_producer(app: Flask, sse: SSE) -> None:
+    reasons: list[CloseReason] = []
+    sse.on_close(reasons.append)
+
+    @app.get("/s")
+    @sse.stream
+    def s() -> Iterator[str]:
+        yield "x"
+
+    body(app.test_client().get("/s", buffered=False))
+    assert reasons == [CloseReason.FINISHED]
+
+
+def test_teardown_runs_for_the_stream_when_it_ends(app: Flask, sse: SSE) -> None:
+    torn_down: list[str] = []
+
+    @app.teardown_request
+    def teardown(exc: BaseException | None) -> None:
+        torn_down.append(request.path)
+
+    @app.get("/s")
+    @sse.stream
+    def s() -> Iterator[str]:
+        yield "x"
+
+    body(app.test_client().get("/s", buffered=False))
+    # Once for the view's request, once for the stream's copy of it.
+    assert torn_down == ["/s", "/s"]
