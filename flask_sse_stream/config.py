@@ -14,6 +14,19 @@ Key                        Default  Meaning
                                     ``None``: never.
 ``SSE_BUFFER_SIZE``        ``64``   Encoded events that may wait for a slow
                                     client before the producer is paused.
+``SSE_HISTORY_SIZE``       ``1000`` Events kept per channel to replay to a client
+                                    that reconnects with ``Last-Event-ID``.
+``SSE_QUEUE_SIZE``         ``1000`` Events a subscriber may fall behind before it
+                                    is dropped (it reconnects and replays).
+``SSE_MAX_CONNECTIONS``    ``None`` Open streams per process; past it a new
+                                    stream gets 503 with ``Retry-After``.
+                                    ``None``: no limit.
+``SSE_CORS_ORIGINS``       ``()``   Origins allowed to open the blueprint's
+                                    streams cross-origin: a list, or ``"*"``.
+``SSE_CORS_CREDENTIALS``   False    Let those origins send cookies
+                                    (``withCredentials``); not with ``"*"``.
+``SSE_METRICS``            False    Serve ``sse.stats()`` in Prometheus text
+                                    format at the blueprint's ``/metrics``.
 =========================  =======  ==============================================
 
 The keys are read once, by :meth:`SSE.init_app`; change them before that.
@@ -34,6 +47,12 @@ DEFAULTS: Mapping[str, Any] = {
     "SSE_RETRY": 3000,
     "SSE_WRITE_TIMEOUT": 30,
     "SSE_BUFFER_SIZE": 64,
+    "SSE_HISTORY_SIZE": 1000,
+    "SSE_QUEUE_SIZE": 1000,
+    "SSE_MAX_CONNECTIONS": None,
+    "SSE_CORS_ORIGINS": (),
+    "SSE_CORS_CREDENTIALS": False,
+    "SSE_METRICS": False,
 }
 
 
@@ -62,6 +81,35 @@ def positive_int(name: str, value: Any) -> int:
     return value
 
 
+def optional_positive_int(name: str, value: Any) -> int | None:
+    """Check a limit that may be ``None`` (no limit)."""
+    return None if value is None else positive_int(name, value)
+
+
+def flag(name: str, value: Any) -> bool:
+    """Check an on/off setting."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def origins(name: str, value: Any) -> frozenset[str] | None:
+    """Check a list of origins such as ``["https://example.com"]``; ``"*"``: any."""
+    if value == "*":
+        return None
+    if isinstance(value, str) or not all(
+        isinstance(origin, str)
+        and origin.startswith(("http://", "https://"))
+        and origin.count("/") == 2
+        for origin in value
+    ):
+        raise ConfigError(
+            f'{name} must be "*" or a list of origins like ["https://example.com"] '
+            f"(scheme, host and port, no path), got {value!r}"
+        )
+    return frozenset(value)
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """The checked ``SSE_*`` settings of one application."""
@@ -70,6 +118,13 @@ class Config:
     retry: int | None
     write_timeout: float | None
     buffer_size: int
+    history_size: int = 1000
+    queue_size: int = 1000
+    max_connections: int | None = None
+    cors_origins: frozenset[str] | None = frozenset()
+    """Allowed origins; ``None`` means any origin."""
+    cors_credentials: bool = False
+    metrics: bool = False
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any]) -> Config:
@@ -83,4 +138,22 @@ class Config:
             retry=milliseconds("SSE_RETRY", get("SSE_RETRY")),
             write_timeout=seconds("SSE_WRITE_TIMEOUT", get("SSE_WRITE_TIMEOUT")),
             buffer_size=positive_int("SSE_BUFFER_SIZE", get("SSE_BUFFER_SIZE")),
-        )
+            history_size=positive_int("SSE_HISTORY_SIZE", get("SSE_HISTORY_SIZE")),
+            queue_size=positive_int("SSE_QUEUE_SIZE", get("SSE_QUEUE_SIZE")),
+            max_connections=optional_positive_int(
+                "SSE_MAX_CONNECTIONS", get("SSE_MAX_CONNECTIONS")
+            ),
+            cors_origins=origins("SSE_CORS_ORIGINS", get("SSE_CORS_ORIGINS")),
+            cors_credentials=flag("SSE_CORS_CREDENTIALS", get("SSE_CORS_CREDENTIALS")),
+            metrics=flag("SSE_METRICS", get("SSE_METRICS")),
+        ).checked()
+
+    def checked(self) -> Config:
+        """Refuse combinations of values that are each fine alone."""
+        if self.cors_origins is None and self.cors_credentials:
+            raise ConfigError(
+                'SSE_CORS_ORIGINS = "*" cannot be used with SSE_CORS_CREDENTIALS: browsers '
+                "refuse it, and it would let any site read your users' streams; list the "
+                "origins instead"
+            )
+        return self

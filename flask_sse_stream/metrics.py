@@ -1,0 +1,52 @@
+"""Rendering :meth:`SSE.stats` in the Prometheus text exposition format."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["prometheus_text"]
+
+# (stats key, metric name, type, help, label name for a mapping value)
+_METRICS = (
+    ("open_streams", "sse_open_streams", "gauge", "Event streams open in this process.", None),
+    ("subscribers", "sse_subscribers", "gauge", "Subscribers per channel.", "channel"),
+    ("published", "sse_events_published_total", "counter", "Events published.", None),
+    (
+        "delivered",
+        "sse_events_delivered_total",
+        "counter",
+        "Events handed to subscribers.",
+        None,
+    ),
+    (
+        "dropped_slow",
+        "sse_subscribers_dropped_total",
+        "counter",
+        "Subscribers dropped because they fell too far behind.",
+        None,
+    ),
+    ("closed", "sse_streams_closed_total", "counter", "Streams ended, by reason.", "reason"),
+)
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def prometheus_text(stats: Mapping[str, Any]) -> str:
+    """Return ``stats`` as Prometheus text; unknown keys are left out."""
+    lines: list[str] = []
+    for key, name, kind, help_text, label in _METRICS:
+        if key not in stats:
+            continue
+        lines.append(f"# HELP {name} {help_text}")
+        lines.append(f"# TYPE {name} {kind}")
+        value = stats[key]
+        if label is None:
+            lines.append(f"{name} {value}")
+        else:
+            lines.extend(
+                f'{name}{{{label}="{_label(str(k))}"}} {v}' for k, v in sorted(value.items())
+            )
+    return "\n".join(lines) + "\n"
