@@ -1,0 +1,86 @@
+"""Reading and checking the SSE_* configuration keys."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from flask_sse_stream import ConfigError
+from flask_sse_stream.config import DEFAULTS, Config
+
+
+def test_defaults() -> None:
+    config = Config.from_mapping({})
+    assert config == Config(
+        heartbeat_interval=15.0,
+        retry=3000,
+        write_timeout=30.0,
+        buffer_size=64,
+        history_size=1000,
+        queue_size=1000,
+        max_connections=None,
+        cors_origins=frozenset(),
+        cors_credentials=False,
+        metrics=False,
+    )
+    assert set(DEFAULTS) == {
+        "SSE_HEARTBEAT_INTERVAL",
+        "SSE_RETRY",
+        "SSE_WRITE_TIMEOUT",
+        "SSE_BUFFER_SIZE",
+        "SSE_HISTORY_SIZE",
+        "SSE_QUEUE_SIZE",
+        "SSE_MAX_CONNECTIONS",
+        "SSE_CORS_ORIGINS",
+        "SSE_CORS_CREDENTIALS",
+        "SSE_METRICS",
+    }
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "attribute", "expected"),
+    [
+        ("SSE_HEARTBEAT_INTERVAL", 0, "heartbeat_interval", None),
+        ("SSE_HEARTBEAT_INTERVAL", None, "heartbeat_interval", None),
+        ("SSE_HEARTBEAT_INTERVAL", 0.5, "heartbeat_interval", 0.5),
+        ("SSE_RETRY", None, "retry", None),
+        ("SSE_RETRY", 0, "retry", 0),
+        ("SSE_WRITE_TIMEOUT", 0, "write_timeout", None),
+        ("SSE_MAX_CONNECTIONS", 10, "max_connections", 10),
+        ("SSE_CORS_ORIGINS", "*", "cors_origins", None),
+        (
+            "SSE_CORS_ORIGINS",
+            ["https://a.example", "http://b.example:8080"],
+            "cors_origins",
+            frozenset({"https://a.example", "http://b.example:8080"}),
+        ),
+        ("SSE_METRICS", True, "metrics", True),
+    ],
+)
+def test_accepted_values(key: str, value: Any, attribute: str, expected: Any) -> None:
+    assert getattr(Config.from_mapping({key: value}), attribute) == expected
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("SSE_HISTORY_SIZE", 0),
+        ("SSE_QUEUE_SIZE", "10"),
+        ("SSE_MAX_CONNECTIONS", 0),
+        ("SSE_MAX_CONNECTIONS", True),
+        ("SSE_CORS_ORIGINS", "https://a.example"),
+        ("SSE_CORS_ORIGINS", ["https://a.example/path"]),
+        ("SSE_CORS_ORIGINS", ["a.example"]),
+        ("SSE_CORS_CREDENTIALS", "yes"),
+        ("SSE_METRICS", 1),
+    ],
+)
+def test_refused_values_name_the_key(key: str, value: Any) -> None:
+    with pytest.raises(ConfigError, match=key):
+        Config.from_mapping({key: value})
+
+
+def test_wildcard_origins_with_credentials_are_refused() -> None:
+    with pytest.raises(ConfigError, match="list the origins"):
+        Config.from_mapping({"SSE_CORS_ORIGINS": "*", "SSE_CORS_CREDENTIALS": True})
