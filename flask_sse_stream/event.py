@@ -59,12 +59,18 @@ def _lines(prefix: bytes, name: str, text: str) -> bytes:
     return b"".join(prefix + _utf8(name, line) + b"\n" for line in _LINE_BREAK.split(text))
 
 
+_WHY_FORBIDDEN = {
+    "\r": "it would end the field and let the rest be read as another field or event",
+    "\n": "it would end the field and let the rest be read as another field or event",
+    "\0": "browsers ignore an id that holds NUL, so it would never be sent back",
+}
+
+
 def _single_line(name: str, value: str, forbidden: str) -> bytes:
     for char in forbidden:
         if char in value:
             raise InvalidEventError(
-                f"{name} must not contain {char!r}: it would end the field and let "
-                f"the rest be read as another field or event; got {value[:80]!r}"
+                f"{name} must not contain {char!r}: {_WHY_FORBIDDEN[char]}; got {value[:80]!r}"
             )
     return _utf8(name, value)
 
@@ -119,6 +125,11 @@ class Event:
             wire = head + b"\n"
         elif isinstance(self.data, str):
             wire = head + _lines(b"data: ", "data", self.data) + b"\n"
+        elif isinstance(self.data, bytes | bytearray | memoryview):
+            raise InvalidEventError(
+                "data must be text (a str) or a value to send as JSON, not "
+                f"{type(self.data).__name__}; decode it first, e.g. data.decode('utf-8')"
+            )
         object.__setattr__(self, "_wire", wire)
 
     def encode(self, dumps: JSONDumps = json.dumps) -> bytes:

@@ -100,6 +100,7 @@ class EventStreamParser:
         "_data",
         "_event",
         "_event_retry",
+        "_id_buffer",
         "_keep_comments",
         "_pending",
         "_skip_lf",
@@ -113,8 +114,10 @@ class EventStreamParser:
         """The text of each comment line, after the colon and one optional
         space, in order: a bare ``:`` heartbeat shows as ``""``."""
         self.last_event_id = ""
-        """The last event id buffer: what a browser would send back as
-        ``Last-Event-ID`` after reading this far."""
+        """The last event ID string: what a browser would send back as
+        ``Last-Event-ID`` if the connection dropped here. Like a browser, it
+        takes an ``id`` field's value at the blank line that ends its block,
+        whether or not that block dispatches an event."""
         self.retry: int | None = None
         """The reconnection time in milliseconds, from the last valid
         ``retry`` field anywhere in the stream (whether or not an event was
@@ -127,6 +130,7 @@ class EventStreamParser:
         self._data: list[str] = []
         self._event = ""
         self._event_retry: int | None = None
+        self._id_buffer = ""
 
     def feed(self, chunk: bytes | bytearray | memoryview) -> list[ServerSentEvent]:
         """Read the next bytes of the stream; return the events they complete.
@@ -182,6 +186,7 @@ class EventStreamParser:
         data = self._data
         for line in lines:
             if not line:
+                self.last_event_id = self._id_buffer
                 if data:
                     text = "\n".join(data)
                     data.clear()
@@ -202,7 +207,7 @@ class EventStreamParser:
                 self._event = value.decode("utf-8", "replace")
             elif name == b"id":
                 if b"\0" not in value:
-                    self.last_event_id = value.decode("utf-8", "replace")
+                    self._id_buffer = value.decode("utf-8", "replace")
             elif name == b"retry":
                 # bytes.isdigit() is ASCII-only; an empty value is ignored.
                 if value.isdigit():
