@@ -102,7 +102,8 @@ class Event:
         head = b""
         if self.id is not None:
             if isinstance(self.id, int) and not isinstance(self.id, bool):
-                object.__setattr__(self, "id", str(self.id))
+                # int() first: an IntEnum's str() may be its name.
+                object.__setattr__(self, "id", str(int(self.id)))
             if not isinstance(self.id, str):
                 raise InvalidEventError(f"id must be a str or an int, not {type(self.id).__name__}")
             head += b"id: " + _single_line("id", self.id, "\r\n\0") + b"\n"

@@ -234,6 +234,8 @@ Flask/werkzeug test response (use ``buffered=False`` for an endless stream)."""
 def _chunks(source: EventSource) -> Iterable[bytes]:
     if isinstance(source, bytes | bytearray | memoryview):
         return (bytes(source),)
+    if isinstance(source, str):
+        raise TypeError("iter_events() reads bytes, not str: encode the text as UTF-8 first")
     if isinstance(source, _WerkzeugResponse):
         # Lazily, straight from the application's iterable: an endless
         # stream must not be buffered.

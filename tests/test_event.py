@@ -8,6 +8,7 @@ parser, so a table row proves both what we write and what a browser sees.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import itertools
 import json
 import re
@@ -48,6 +49,10 @@ def normalise(text: str) -> str:
     return re.sub(r"\r\n|\r", "\n", text)
 
 
+class Priority(enum.IntEnum):
+    HIGH = 2
+
+
 # (the item, its exact bytes)
 ENCODINGS: list[tuple[Event | Comment, bytes]] = [
     (Event("hello"), b"data: hello\n\n"),
@@ -84,6 +89,8 @@ ENCODINGS: list[tuple[Event | Comment, bytes]] = [
     (Event("x", id="7"), b"id: 7\ndata: x\n\n"),
     (Event("x", id=7), b"id: 7\ndata: x\n\n"),
     (Event("x", id=0), b"id: 0\ndata: x\n\n"),
+    (Event("x", id=Priority.HIGH), b"id: 2\ndata: x\n\n"),
+    (Event("x", retry=Priority.HIGH), b"retry: 2\ndata: x\n\n"),
     (Event("x", id=-3), b"id: -3\ndata: x\n\n"),
     (Event("x", id=""), b"id: \ndata: x\n\n"),
     (Event("x", id="a b:c"), b"id: a b:c\ndata: x\n\n"),

@@ -220,6 +220,11 @@ def test_iter_events_reads_bytes_and_iterables_of_chunks(source: Any) -> None:
     assert list(iter_events(source)) == STREAM_EVENTS
 
 
+def test_iter_events_refuses_text() -> None:
+    with pytest.raises(TypeError, match="bytes, not str"):
+        list(iter_events("data: a\n\n"))  # type: ignore[arg-type]
+
+
 def test_iter_events_is_lazy_and_can_use_a_given_parser() -> None:
     pulled: list[bytes] = []
 
