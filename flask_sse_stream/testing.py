@@ -21,8 +21,10 @@ the comments (heartbeats), in :attr:`EventStreamParser.comments`, and the
 :attr:`ServerSentEvent.retry`.
 
 With Flask's test client, ask for an unbuffered response so that an endless
-stream is read lazily, take what you need, then close the response; closing
-it ends the stream on the server side too::
+stream is read lazily, take what you need, then close the response: closing
+it ends the stream on the server side (its producer's ``finally`` runs).
+Close it even when you read a finite stream to its end: the test client
+only closes responses it was asked to buffer (``buffered=True``)::
 
     from itertools import islice
     from flask_sse_stream.testing import iter_events
