@@ -10,7 +10,6 @@ reset event instead of a replay, and its text is never echoed.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 
 from .errors import SSEError
 
@@ -49,14 +48,15 @@ def check_channel(name: str) -> str:
     return name
 
 
-def last_event_id(headers: Mapping[str, str], args: Mapping[str, str]) -> str | None:
+def last_event_id(header: str | None, query: str | None) -> str | None:
     """Return the id a reconnecting client last saw, or ``None`` on a first visit.
 
-    The ``Last-Event-ID`` header, which browsers send when they reconnect,
-    wins over a ``lastEventId`` query parameter, which a page can set on its
-    first load (or a polyfill on every request). An empty value means none.
+    ``header`` is the ``Last-Event-ID`` header, which browsers send when they
+    reconnect; it wins over ``query``, the ``lastEventId`` query parameter,
+    which a page can set on its first load (or a polyfill on every request).
+    An empty value means none.
     """
-    value = headers.get("Last-Event-ID") or args.get("lastEventId") or None
+    value = header or query or None
     if value is None:
         return None
     if len(value) > MAX_ID_LENGTH or _PRINTABLE_ASCII.fullmatch(value) is None:

@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import functools
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar, overload
 
-from flask import Flask, Response, current_app, g, has_request_context
+from flask import Blueprint, Flask, Response, current_app, g, has_request_context, jsonify
 from flask.globals import request_ctx
 from werkzeug.wrappers import Response as BaseResponse
 
 from . import config as _config
+from .broker import Broker, MemoryBroker, Subscription
 from .cancel import find_socket
+from .channels import check_channel, last_event_id
 from .config import Config
 from .errors import InvalidEventError
 from .event import Comment, Event, JSONDumps
-from .stream import CloseReason, EventStream
+from .stream import CloseReason, EventStream, open_streams
 
 __all__ = ["SSE", "stream_headers"]
 
@@ -31,6 +34,7 @@ class _Default:
 
 
 _FROM_CONFIG: Final = _Default()
+_FROM_REQUEST: Final = _Default()
 
 
 def stream_headers() -> dict[str, str]:
@@ -71,6 +75,8 @@ class _AppState:
 
     extension: SSE
     config: Config
+    broker: Broker
+    closed: Counter[str] = field(default_factory=Counter)
 
 
 def _flask_context_factory() -> Callable[[], Any]:
@@ -119,6 +125,8 @@ class SSE:
 
     def __init__(self, app: Flask | None = None) -> None:
         self._on_close: list[OnClose] = []
+        self._authorize: Callable[[str], bool] | None = None
+        self._blueprint: Blueprint | None = None
         if app is not None:
             self.init_app(app)
 
@@ -126,7 +134,133 @@ class SSE:
         """Read the ``SSE_*`` configuration of ``app`` and register with it."""
         for key, value in _config.DEFAULTS.items():
             app.config.setdefault(key, value)
-        app.extensions["sse"] = _AppState(self, Config.from_mapping(app.config))
+        config = Config.from_mapping(app.config)
+        broker = MemoryBroker(history_size=config.history_size, queue_size=config.queue_size)
+        app.extensions["sse"] = _AppState(self, config, broker)
+
+    @property
+    def config(self) -> Config:
+        """The checked ``SSE_*`` settings of the current application."""
+        return self._state().config
+
+    @property
+    def broker(self) -> Broker:
+        """The broker of the current application."""
+        return self._state().broker
+
+    @property
+    def blueprint(self) -> Blueprint:
+        """The pub/sub blueprint: ``app.register_blueprint(sse.blueprint, url_prefix="/events")``.
+
+        ``GET /events?channel=a&channel=b`` streams those channels; see
+        :mod:`flask_sse_stream.views`.
+        """
+        if self._blueprint is None:
+            from .views import make_blueprint
+
+            self._blueprint = make_blueprint(self)
+        return self._blueprint
+
+    def publish(
+        self,
+        data: Any,
+        *,
+        channel: str,
+        event: str | None = None,
+        id: str | None = None,
+        retry: int | None = None,
+    ) -> str:
+        """Send an event to every subscriber of ``channel``; return its id.
+
+        ``data`` is a ``str`` or anything the app's JSON provider encodes. The
+        broker assigns an id when none is given. Works in a view, in a
+        greenlet or thread with an application context
+        (``with app.app_context(): sse.publish(...)``); the event is encoded
+        once and every subscriber gets the same bytes.
+
+        :raises InvalidEventError: if a field cannot be sent.
+        :raises InvalidChannelError: if ``channel`` is not a valid name.
+        """
+        check_channel(channel)
+        state = self._state()
+        if not isinstance(data, str):
+            data = current_app.json.dumps(data)
+        published = state.broker.publish(channel, Event(data, event=event, id=id, retry=retry))
+        assert published.id is not None
+        return published.id
+
+    def subscribe(
+        self, *channels: str, last_id: str | _Default | None = _FROM_REQUEST
+    ) -> Subscription:
+        """Subscribe to ``channels``; iterate the result to receive their events.
+
+        ::
+
+            @app.get("/me/stream")
+            @sse.stream
+            def my_stream():
+                for event in sse.subscribe(f"user-{current_user.id}"):
+                    yield event
+
+        Inside a request, ``last_id`` defaults to the client's
+        ``Last-Event-ID`` (or ``lastEventId`` query parameter), so a
+        reconnecting browser gets what it missed first; pass ``None`` to start
+        from now. An id the broker no longer has (or never had) yields one
+        ``sse-reset`` event first: the page should refetch its state.
+        """
+        if not channels:
+            raise TypeError("subscribe() needs at least one channel name")
+        for name in channels:
+            check_channel(name)
+        if isinstance(last_id, _Default):
+            last_id = (
+                last_event_id(
+                    request_ctx.request.headers.get("Last-Event-ID"),
+                    request_ctx.request.args.get("lastEventId"),
+                )
+                if has_request_context()
+                else None
+            )
+        return self._state().broker.subscribe(list(channels), last_id)
+
+    def authorize(self, callback: Callable[[str], bool]) -> Callable[[str], bool]:
+        """Register ``callback(channel) -> bool`` to decide, per request, who may subscribe.
+
+        It runs in the request context of a blueprint stream, once per
+        requested channel; ``False`` answers 403 naming the channel. Without
+        one, every valid channel is allowed. Usable as a decorator.
+        """
+        self._authorize = callback
+        return callback
+
+    def is_allowed(self, channel: str) -> bool:
+        """Ask the authorization hook whether this request may subscribe to ``channel``."""
+        return self._authorize is None or bool(self._authorize(channel))
+
+    def refuse_if_full(self) -> Response | None:
+        """Return a 503 response if ``SSE_MAX_CONNECTIONS`` streams are open, else ``None``."""
+        cfg = self._state().config
+        if cfg.max_connections is None or len(open_streams()) < cfg.max_connections:
+            return None
+        response = jsonify(error="too many open streams, retry later")
+        response.status_code = 503
+        response.headers["Retry-After"] = str(max(1, (cfg.retry or 1000) // 1000))
+        return response
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for monitoring: open streams, subscribers per channel, events
+        published and delivered, subscribers dropped as slow, streams closed by
+        reason. Figures of the current process and application."""
+        state = self._state()
+        broker = state.broker.stats()
+        return {
+            "open_streams": len(open_streams()),
+            "subscribers": dict(broker.subscribers),
+            "published": broker.published,
+            "delivered": broker.delivered,
+            "dropped_slow": broker.dropped_slow,
+            "closed": {reason.value: state.closed[reason.value] for reason in CloseReason},
+        }
 
     def _state(self) -> _AppState:
         state = current_app.extensions.get("sse")
@@ -162,6 +296,9 @@ class SSE:
         """
         state = self._state()
         cfg = state.config
+        refusal = self.refuse_if_full()
+        if refusal is not None:
+            return refusal
         interval = (
             cfg.heartbeat_interval
             if isinstance(heartbeat, _Default)
@@ -174,8 +311,10 @@ class SSE:
         app = current_app._get_current_object()  # type: ignore[attr-defined]
         environ = request_ctx.request.environ if has_request_context() else {}
         callbacks = tuple(self._on_close)
+        closed = state.closed
 
         def on_close(reason: CloseReason) -> None:
+            closed[reason.value] += 1
             for callback in callbacks:
                 callback(reason)
 
@@ -188,7 +327,7 @@ class SSE:
             write_timeout=cfg.write_timeout,
             buffer_size=cfg.buffer_size,
             context=_flask_context_factory(),
-            on_close=on_close if callbacks else None,
+            on_close=on_close,
             logger=app.logger,
         )
         return Response(body, status=status, headers=stream_headers(), direct_passthrough=True)

@@ -1,0 +1,100 @@
+"""The blueprint: pub/sub channels over HTTP.
+
+``GET <prefix>/?channel=a&channel=b`` streams the events published to the
+channels, replaying what the client missed when it reconnects with
+``Last-Event-ID`` (or sends ``lastEventId`` in the query). Errors are JSON:
+
+* 400: no channel, or a malformed channel name;
+* 403: the authorization hook refused a channel (the body names it);
+* 503 with ``Retry-After``: ``SSE_MAX_CONNECTIONS`` streams are open.
+
+``OPTIONS`` answers CORS preflights for the origins in ``SSE_CORS_ORIGINS``.
+With ``SSE_METRICS``, ``GET <prefix>/metrics`` serves :meth:`SSE.stats` in
+the Prometheus text format.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from flask import Blueprint, Response, abort, current_app, jsonify, request
+
+from .channels import InvalidChannelError, check_channel, last_event_id
+from .metrics import prometheus_text
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .extension import SSE
+
+__all__ = ["make_blueprint"]
+
+
+def error(status: int, message: str, **fields: Any) -> Response:
+    """A JSON error response."""
+    response = jsonify(error=message, **fields)
+    response.status_code = status
+    return response
+
+
+def cors_headers(config: Config, response: Response, *, preflight: bool = False) -> Response:
+    """Add the CORS headers ``SSE_CORS_ORIGINS`` allows for this request's origin."""
+    origin = request.headers.get("Origin")
+    if origin is None or config.cors_origins == frozenset():
+        return response
+    if config.cors_origins is None:
+        response.headers["Access-Control-Allow-Origin"] = "*"
+    elif origin in config.cors_origins:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.vary.add("Origin")
+        if config.cors_credentials:
+            response.headers["Access-Control-Allow-Credentials"] = "true"
+    else:
+        return response
+    if preflight:
+        response.headers["Access-Control-Allow-Methods"] = "GET"
+        response.headers["Access-Control-Allow-Headers"] = "Last-Event-ID, Cache-Control"
+        response.headers["Access-Control-Max-Age"] = "600"
+    return response
+
+
+def make_blueprint(sse: SSE) -> Blueprint:
+    """Build the blueprint of one :class:`SSE` (see :attr:`SSE.blueprint`)."""
+    blueprint = Blueprint("sse", __name__)
+
+    @blueprint.route("/", methods=["GET", "OPTIONS"], strict_slashes=False)
+    def stream() -> Response:
+        config = sse.config
+        if request.method == "OPTIONS":
+            return cors_headers(config, current_app.response_class(status=204), preflight=True)
+        channels = request.args.getlist("channel")
+        if not channels:
+            return cors_headers(config, error(400, "name at least one ?channel= to subscribe to"))
+        try:
+            channels = [check_channel(name) for name in dict.fromkeys(channels)]
+        except InvalidChannelError as exc:
+            return cors_headers(config, error(400, str(exc)))
+        for name in channels:
+            if not sse.is_allowed(name):
+                return cors_headers(
+                    config, error(403, "not allowed to subscribe to this channel", channel=name)
+                )
+        refusal = sse.refuse_if_full()
+        if refusal is not None:
+            return cors_headers(config, refusal)
+        subscription = sse.subscribe(
+            *channels,
+            last_id=last_event_id(
+                request.headers.get("Last-Event-ID"), request.args.get("lastEventId")
+            ),
+        )
+        return cors_headers(config, sse.response(subscription))
+
+    @blueprint.get("/metrics")
+    def metrics() -> Response:
+        if not sse.config.metrics:
+            abort(404)
+        return current_app.response_class(
+            prometheus_text(sse.stats()), content_type="text/plain; version=0.0.4"
+        )
+
+    return blueprint
