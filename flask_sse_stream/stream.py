@@ -29,12 +29,15 @@ import enum
 import logging
 import random
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import gevent
+from gevent._hub_local import get_hub_if_exists
+from gevent.hub import Hub
 from gevent.queue import Empty, Full, Queue
 
 from . import heartbeat as _heartbeat
@@ -78,13 +81,14 @@ def open_streams() -> frozenset[EventStream]:
 
 
 def drain(retry: int = 1000, jitter: float = 1.0) -> int:
-    """Ask every open stream of this hub to end after a last ``retry:`` field.
+    """Ask every open stream of the calling thread's hub to end after a last ``retry:`` field.
 
     Each stream's clients are told to reconnect after ``retry`` milliseconds
     plus a random share of ``retry * jitter``, so they come back spread out
     instead of all at once. Returns how many streams were asked.
     """
-    streams = open_streams()
+    hub = gevent.get_hub()
+    streams = [stream for stream in open_streams() if stream._hub is hub]
     for stream in streams:
         delay = retry + int(random.random() * retry * jitter)
         stream.end(Event(None, retry=delay).encode())
@@ -122,11 +126,14 @@ class EventStream:
         "_encode",
         "_end_frame",
         "_heartbeat",
+        "_hub",
         "_logger",
         "_old_timeout",
         "_on_close",
+        "_own_hub",
         "_preamble",
         "_producer",
+        "_ran",
         "_readable",
         "_reason",
         "_sock",
@@ -153,6 +160,15 @@ class EventStream:
     ) -> None:
         if not preamble:
             raise ValueError("the preamble must not be empty: it is what sends the headers")
+        # A server that runs each request in its own thread (werkzeug's
+        # development server) gets a new gevent hub, with its own event loop
+        # and file descriptors, for every stream; the stream that made the
+        # hub destroys it when it closes, or every request would leak one.
+        self._own_hub = (
+            get_hub_if_exists() is None
+            and threading.current_thread() is not threading.main_thread()
+        )
+        self._hub: Hub = gevent.get_hub()
         self._source = source
         self._encode = encode
         self._preamble = preamble
@@ -166,6 +182,7 @@ class EventStream:
         self._state = _State.NEW
         self._reason: CloseReason | None = None
         self._readable = False
+        self._ran = False
         self._end_frame = b""
         self._producer: gevent.Greenlet[[], None] | None = None
         self._watch: SocketWatch | None = None
@@ -182,8 +199,7 @@ class EventStream:
             return self._next_chunk()
         if self._state is _State.NEW:
             return self._start()
-        if self._state is _State.ENDING:
-            self._state = _State.CLOSED
+        self._state = _State.CLOSED
         raise StopIteration
 
     def _start(self) -> bytes:
@@ -206,40 +222,44 @@ class EventStream:
         return self._preamble
 
     def _next_chunk(self) -> bytes:
-        frame = self._buffer.get()
-        if frame is None:
-            return self._wake_up(b"")
-        frames = [frame]
+        buffer = self._buffer
         while True:
-            try:
-                frame = self._buffer.get_nowait()
-            except Empty:
-                break
-            if frame is None:
-                return self._wake_up(b"".join(frames))
-            frames.append(frame)
-        self.last_write = time.monotonic()
-        return b"".join(frames)
-
-    def _wake_up(self, pending: bytes) -> bytes:
-        """Act on why the handler was woken; return what to write, if anything."""
-        if self._readable and self._reason is None:
-            # The watch fired: the client closed, or (rarely) sent bytes.
-            self._readable = False
-            if self._sock is not None and peer_closed(self._sock):
-                self._reason = CloseReason.DISCONNECT
-        if self._reason is None:
-            if pending:
+            frames: list[bytes] = []
+            # The flags, not the wake-up item, say that something happened:
+            # a wake-up is dropped when the buffer is full.
+            if not (self._readable or self._reason is not None):
+                frame = buffer.get()
+                if frame is not None:
+                    frames.append(frame)
+            while True:
+                try:
+                    frame = buffer.get_nowait()
+                except Empty:
+                    break
+                if frame is not None:
+                    frames.append(frame)
+            if self._readable and self._reason is None:
+                # The watch fired: the client closed, or (rarely) sent bytes.
+                self._readable = False
+                if self._sock is not None and peer_closed(self._sock):
+                    self._reason = CloseReason.DISCONNECT
+            if self._reason is not None:
+                return self._last_chunk(b"".join(frames))
+            if frames:
                 self.last_write = time.monotonic()
-                return pending
-            return self._next_chunk()
+                return b"".join(frames)
+
+    def _last_chunk(self, pending: bytes) -> bytes:
+        """Return what is left to write once the stream has a reason to end."""
         if self._reason is CloseReason.DISCONNECT:
+            self._state = _State.CLOSED
             self._stop_producer()
             raise StopIteration
-        # FINISHED, ERROR or DRAIN: write what is left, then end.
-        self._state = _State.ENDING
+        # FINISHED, ERROR or DRAIN: everything the producer made is in
+        # ``pending`` (it sets the reason after its last put).
         last = pending + self._end_frame
         if last:
+            self._state = _State.ENDING
             return last
         self._state = _State.CLOSED
         raise StopIteration
@@ -254,7 +274,7 @@ class EventStream:
         try:
             self._buffer.put_nowait(None)
         except Full:
-            pass  # the handler is busy writing and checks on its next turn
+            pass  # the handler is busy writing and checks the flags on its next turn
 
     def beat(self) -> None:
         """Queue a heartbeat comment unless the stream is busy."""
@@ -274,6 +294,7 @@ class EventStream:
     # The producer greenlet.
 
     def _produce(self) -> None:
+        self._ran = True
         try:
             with self._context():
                 try:
@@ -290,8 +311,7 @@ class EventStream:
                     self._set_reason(CloseReason.FINISHED)
                 finally:
                     self._close_source()
-                    if self._on_close is not None:
-                        self._on_close(self._reason or CloseReason.DISCONNECT)
+                    self._call_on_close()
         except gevent.GreenletExit:
             return  # whoever killed the producer has set the reason
         except Exception:
@@ -305,6 +325,10 @@ class EventStream:
     def _set_reason(self, reason: CloseReason) -> None:
         if self._reason is None:
             self._reason = reason
+
+    def _call_on_close(self) -> None:
+        if self._on_close is not None:
+            self._on_close(self._reason or CloseReason.DISCONNECT)
 
     def _close_source(self) -> None:
         close = getattr(self._source, "close", None)
@@ -322,25 +346,58 @@ class EventStream:
         """Release everything; the server calls this when the response ends."""
         if self._state is _State.NEW:
             self._state = _State.CLOSED
-            self._close_source()  # never started, e.g. a HEAD request
+            try:
+                self._close_source()  # never started, e.g. a HEAD request
+            finally:
+                self._release_hub()
             return
+        if self._producer is None:
+            return  # closed already
         self._state = _State.CLOSED
+        sock = self._sock
         if self._reason is None:
             # Neither producer nor stream ended it: the server gave up on a
-            # write (timeout or broken pipe) or was stopped.
-            self._reason = CloseReason.WRITE_FAILED
+            # write (broken pipe, timeout) or was stopped.
+            gone = sock is not None and peer_closed(sock)
+            self._reason = CloseReason.DISCONNECT if gone else CloseReason.WRITE_FAILED
         _open.discard(self)
         if self._heartbeat:
             _heartbeat.for_current_hub().discard(self, self._heartbeat)
         if self._watch is not None:
             self._watch.stop()
             self._watch = None
-        sock = self._sock
         if sock is not None and self._write_timeout:
             try:
                 sock.settimeout(self._old_timeout)
             except OSError:
                 pass
-        producer = self._producer
-        if producer is not None:
+        producer, self._producer = self._producer, None
+        try:
             producer.kill(block=True, timeout=5)
+            if not self._ran:
+                # Killed before it ever ran (the client left at once): its
+                # cleanup is still owed.
+                self._cleanup_unstarted()
+        finally:
+            self._release_hub()
+
+    def _cleanup_unstarted(self) -> None:
+        try:
+            with self._context():
+                try:
+                    self._close_source()
+                finally:
+                    self._call_on_close()
+        except Exception:
+            self._logger.exception("Exception while closing an event stream")
+
+    def _release_hub(self) -> None:
+        hub = self._hub
+        if not self._own_hub or get_hub_if_exists() is not hub:
+            return
+        if any(stream._hub is hub for stream in open_streams()):
+            return
+        self._own_hub = False
+        _heartbeat.for_current_hub().stop()
+        gevent.sleep(0)  # let pending kills (a heartbeat loop's) run first
+        hub.destroy(destroy_loop=True)
