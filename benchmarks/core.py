@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import report
+import servers
 from servers import ROOT, SERVERS, Server
 
 HERE = Path(__file__).resolve().parent
@@ -410,11 +412,12 @@ def scenario_heartbeat(settings: Settings, streams: int) -> dict[str, Any]:
                 "intervals": settings.hb_intervals,
             }
             out = subprocess.run(
-                [sys.executable, str(HERE / "heartbeat_bench.py"), json.dumps(job)],
+                [sys.executable, "benchmarks/heartbeat_bench.py", json.dumps(job)],
                 capture_output=True,
                 text=True,
                 check=True,
-                cwd=ROOT,
+                cwd=servers.SOURCE,
+                env=servers.child_env(),
                 timeout=120,
             )
             result = json.loads(out.stdout)
@@ -496,7 +499,21 @@ def _git(*args: str) -> str:
     return out.stdout.strip()
 
 
-def machine() -> dict[str, Any]:
+def export(ref: str, into: Path) -> None:
+    """Write the library of commit ``ref`` and the working tree's benchmarks into ``into``."""
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", ref, "flask_sse_stream"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    )
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    (into / "benchmarks").mkdir()
+    for script in HERE.glob("*.py"):
+        shutil.copy2(script, into / "benchmarks" / script.name)
+
+
+def machine(ref: str | None) -> dict[str, Any]:
     model = "unknown"
     with open("/proc/cpuinfo") as cpuinfo:
         for line in cpuinfo:
@@ -520,9 +537,11 @@ def machine() -> dict[str, Any]:
             for name in ("gevent", "greenlet", "gunicorn", "flask", "werkzeug", "flask-sse-stream")
         },
         "gevent_loop": gevent.config.loop.__module__,
-        "commit": _git("rev-parse", "--short", "HEAD"),
-        # Others work in the same tree: say when the measured library differs from HEAD.
-        "library_changes": _git("status", "--porcelain", "flask_sse_stream").splitlines(),
+        "commit": _git("rev-parse", "--short", ref or "HEAD"),
+        # Others work in the same tree: say when the measured library is not a commit.
+        "library_changes": []
+        if ref
+        else _git("status", "--porcelain", "flask_sse_stream").splitlines(),
     }
 
 
@@ -532,6 +551,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", default="", help="comma-separated: S5,S4,S1,HB")
     parser.add_argument("--render", action="store_true", help="rebuild the doc from the JSON")
     parser.add_argument("--out", type=Path, help="JSON output path")
+    parser.add_argument(
+        "--ref",
+        help="measure the library and apps of this git commit (e.g. HEAD) instead of "
+        "the working tree, which others may be editing",
+    )
     args = parser.parse_args(argv)
     out = args.out or RESULTS / ("core-quick.json.tmp" if args.quick else "core.json")
     if args.render:
@@ -540,10 +564,15 @@ def main(argv: list[str] | None = None) -> None:
     from client import raise_fd_limit
 
     raise_fd_limit()
+    snapshot = None
+    if args.ref:
+        snapshot = tempfile.TemporaryDirectory(prefix="bench-")
+        export(args.ref, Path(snapshot.name))
+        servers.use_source(Path(snapshot.name))
     settings = QUICK if args.quick else FULL
     only = {s.strip().upper() for s in args.only.split(",") if s.strip()}
     started = time.monotonic()
-    meta = machine()
+    meta = machine(args.ref)
     meta["mode"] = "quick" if args.quick else "full"
     meta["date"] = time.strftime("%Y-%m-%d %H:%M:%S %z")
     meta["command"] = " ".join([".venv/bin/python", "benchmarks/core.py", *(argv or sys.argv[1:])])
@@ -556,6 +585,8 @@ def main(argv: list[str] | None = None) -> None:
         scenarios.extend(scenario_idle(settings, n) for n in settings.idle_streams)
     if not only or "HB" in only:
         scenarios.extend(scenario_heartbeat(settings, n) for n in settings.hb_streams)
+    if snapshot is not None:
+        snapshot.cleanup()
     meta["loadavg_at_end"] = os.getloadavg()
     meta["runtime_s"] = round(time.monotonic() - started, 1)
     data = {"meta": meta, "scenarios": scenarios}

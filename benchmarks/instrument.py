@@ -81,7 +81,9 @@ def idle(heartbeat: float | None = None) -> Iterator[object]:
 
 
 def _pid() -> ResponseReturnValue:
-    return jsonify(pid=os.getpid())
+    import flask_sse_stream
+
+    return jsonify(pid=os.getpid(), library=os.path.dirname(flask_sse_stream.__file__))
 
 
 def _finals() -> ResponseReturnValue:

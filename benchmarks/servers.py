@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+SOURCE = ROOT
+"""Where the servers run from and import the library and apps from."""
 BIN = Path(sys.executable).parent
 HOST = "127.0.0.1"
 
@@ -130,6 +132,21 @@ SERVERS: dict[str, ServerSpec] = {
 }
 
 
+def use_source(path: Path) -> None:
+    """Run servers (and anything started with :func:`child_env`) from ``path``."""
+    global SOURCE
+    SOURCE = path
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a server or benchmark process."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if SOURCE != ROOT:
+        # Before the editable install of the working tree on sys.path.
+        env["PYTHONPATH"] = str(SOURCE)
+    return env
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
@@ -161,11 +178,10 @@ class Server:
         self.argv = spec.argv(self.port)
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop()
         raise_fd_limit()  # the server inherits it (no preexec_fn: safe with threads)
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.process = subprocess.Popen(
             self.argv,
-            cwd=ROOT,
-            env=env,
+            cwd=SOURCE,
+            env=child_env(),
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -187,6 +203,9 @@ class Server:
                 time.sleep(0.05)
                 continue
             assert isinstance(answer, dict)
+            library = Path(answer["library"])
+            if not library.is_relative_to(SOURCE):
+                raise RuntimeError(f"{self.spec.name} imported the library from {library}")
             return int(answer["pid"])
         raise RuntimeError(f"{self.spec.name} not ready within 30 s:\n{self.log()}")
 
