@@ -16,26 +16,46 @@ from typing import Any
 
 from .server import serve
 
-__all__ = ["load_app", "main"]
+__all__ = ["AppImportError", "load_app", "main"]
+
+
+class AppImportError(Exception):
+    """``MODULE:APP`` does not name an importable module and a WSGI app in it."""
 
 
 def load_app(target: str) -> Callable[..., Any]:
     """Import ``module:name`` (``name`` defaults to ``app``) from the current directory.
 
     ``module:factory()`` calls an application factory without arguments.
+
+    :raises AppImportError: if the module cannot be found, has no such name,
+        or the name is not a WSGI application. An error raised while the
+        module itself is imported (a missing dependency, a bug) propagates
+        unchanged, with its traceback.
     """
     module_name, _, name = target.partition(":")
     name = name or "app"
+    attr_name = name.removesuffix("()")
+    if not module_name or not attr_name.isidentifier():
+        raise AppImportError(f"{target!r} is not MODULE:APP, e.g. examples.demo:app")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    module = importlib.import_module(module_name)
-    call = name.endswith("()")
-    attr = getattr(module, name.removesuffix("()"), None)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if module_name == missing or module_name.startswith(missing + "."):
+            raise AppImportError(
+                f"cannot import {module_name!r}: there is no module {missing!r} "
+                f"(looked in {os.getcwd()} and the installed packages)"
+            ) from None
+        raise
+    attr = getattr(module, attr_name, None)
     if attr is None:
-        raise SystemExit(f"error: module {module_name!r} has no attribute {name!r}")
-    app = attr() if call else attr
+        raise AppImportError(f"module {module_name!r} has no attribute {attr_name!r}")
+    app = attr() if name.endswith("()") else attr
     if not callable(app):
-        raise SystemExit(f"error: {target!r} is not a WSGI application")
+        raise AppImportError(f"{target!r} is not a WSGI application but a {type(app).__name__}")
     return app  # type: ignore[no-any-return]
 
 
@@ -66,8 +86,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the command line; the process must already be patched by gevent."""
-    args = _parser().parse_args(argv)
-    app = load_app(args.app)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        app = load_app(args.app)
+    except AppImportError as exc:
+        parser.error(str(exc))
 
     def ready(host: str, port: int) -> None:
         print(f"flask-sse-stream: serving {args.app} on http://{host}:{port}", flush=True)

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import signal
+import socket
 import sys
+import time
 from collections.abc import Callable
+from types import TracebackType
 from typing import Any
 
 import gevent
 from gevent import monkey
 from gevent.event import Event as Flag
+from gevent.pool import Pool
 from gevent.pywsgi import WSGIHandler, WSGIServer
 
 from .stream import drain
@@ -22,12 +26,64 @@ class SSEHandler(WSGIHandler):
 
     ``environ["flask_sse_stream.socket"]`` lets a stream watch its client and
     see a disconnect at once, instead of at its next failed write.
+
+    A client dropped because a write timed out (``SSE_WRITE_TIMEOUT``) is
+    logged in one line, not with a traceback: it is the client's doing.
+
+    Under :func:`serve`, once the server drains, each connection closes
+    after its response and an idle keep-alive connection is closed at once,
+    so clients reconnect to the next server instead of this one.
     """
 
     def get_environ(self) -> dict[str, Any]:
         environ: dict[str, Any] = super().get_environ()
         environ["flask_sse_stream.socket"] = self.socket
         return environ
+
+    def read_requestline(self) -> str:
+        server = self.server
+        if not isinstance(server, _DrainingServer):
+            return super().read_requestline()
+        if server.draining:
+            return ""  # as if the client had closed: the connection ends
+        server.idle.add(self)
+        try:
+            return super().read_requestline()
+        finally:
+            server.idle.discard(self)
+
+    def handle_one_response(self) -> None:
+        super().handle_one_response()
+        server = self.server
+        if isinstance(server, _DrainingServer) and server.draining:
+            self.close_connection = True
+
+    def handle_error(
+        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if isinstance(v, TimeoutError) and self.response_length:
+            self.log_error("dropped %s: a write took longer than its timeout", self.client_address)
+            self.close_connection = True
+            return
+        super().handle_error(t, v, tb)
+
+
+class _DrainingServer(WSGIServer):
+    """A ``WSGIServer`` that knows when it drains and which connections are idle."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.draining = False
+        self.idle: set[SSEHandler] = set()
+
+    def close_idle(self) -> None:
+        """Close the connections that wait for a next request."""
+        for handler in list(self.idle):
+            sock = handler.socket
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except (OSError, AttributeError):
+                pass
 
 
 def serve(
@@ -42,9 +98,10 @@ def serve(
 ) -> None:
     """Serve ``app`` until SIGTERM or SIGINT, then drain and return.
 
-    Draining stops accepting connections, ends every open stream with a last
-    ``retry:`` field (``drain_retry`` milliseconds plus up to as much again
-    at random, so clients do not all come back at once), then waits up to
+    Draining stops accepting connections, closes idle keep-alive
+    connections, ends every open stream with a last ``retry:`` field
+    (``drain_retry`` milliseconds plus up to as much again at random, so
+    clients do not all come back at once), then waits up to
     ``drain_timeout`` seconds for responses to finish before it cuts them.
 
     The process must be patched by gevent first: run the app with
@@ -53,6 +110,7 @@ def serve(
 
     :param on_ready: called with the bound host and port once listening
         (``port=0`` picks a free port).
+    :raises RuntimeError: if gevent has not patched the process.
     """
     if not monkey.is_module_patched("socket"):
         raise RuntimeError(
@@ -60,10 +118,12 @@ def serve(
             "the others: start it with `flask-sse-stream serve module:app`, or call "
             "`from gevent import monkey; monkey.patch_all()` before importing anything else."
         )
-    server = WSGIServer(
+    pool = Pool()  # unbounded; a pool lets shutdown wait for the handlers
+    server = _DrainingServer(
         (host, port),
         app,
         handler_class=SSEHandler,
+        spawn=pool,
         log=sys.stderr if access_log else None,
     )
     server.start()
@@ -76,6 +136,20 @@ def serve(
     finally:
         for handler in handlers:
             handler.cancel()
-        server.close()  # stop accepting; open connections go on
-        drain(drain_retry)
-        server.stop(timeout=drain_timeout)
+        _drain(server, pool, drain_retry, drain_timeout)
+
+
+def _drain(server: _DrainingServer, pool: Pool, retry: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    server.close()  # stop accepting; open connections go on
+    server.draining = True
+    server.close_idle()
+    drain(retry)
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or pool.join(timeout=min(remaining, 0.1)):
+            break
+        # A request read just before the drain may have opened a stream since.
+        drain(retry)
+        server.close_idle()
+    pool.kill(block=True, timeout=1)

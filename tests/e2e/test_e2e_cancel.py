@@ -1,0 +1,96 @@
+"""Cancellation on disconnect, leaks over many connections, and slow clients."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any
+
+import pytest
+
+from .helpers import RawClient, Server, wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
+
+_tokens = itertools.count()
+
+
+def new_token(server: Server, name: str) -> str:
+    return f"{name}-{server.kind}-{next(_tokens)}"
+
+
+def open_blocked(server: Server, token: str) -> RawClient:
+    """Open ``/blocked`` and return once its producer is running."""
+    client = RawClient(server.port)
+    try:
+        client.request(f"/blocked?token={token}")
+        assert client.response().status_code == 200
+        assert client.chunk() == b"retry: 1000\n\n"
+        wait_for(lambda: token in server.state()["started"], 5)
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+def test_a_blocked_producer_runs_its_finally_within_a_second_of_the_close(
+    any_server: Server,
+) -> None:
+    server = any_server
+    token = new_token(server, "cancel")
+    client = open_blocked(server, token)
+    client.close()
+    closed_at = time.monotonic()
+    finalized = wait_for(lambda: server.state()["finalized"].get(token), 2)
+    assert finalized - closed_at < 1
+    assert server.state()["closed"][token] == "disconnect"
+
+
+def baseline_counts(state: dict[str, Any]) -> dict[str, int]:
+    return {key: state[key] for key in ("greenlets", "fds", "open_streams")}
+
+
+def test_500_connect_close_cycles_leave_greenlets_fds_and_streams_at_baseline(
+    server: Server,
+) -> None:
+    baseline = baseline_counts(server.settled())
+    # 50 clients at a time, each waiting for the stream to open before closing.
+    for _ in range(10):
+        clients = [RawClient(server.port) for _ in range(50)]
+        try:
+            for client in clients:
+                client.request("/blocked")
+            for client in clients:
+                assert client.response().status_code == 200
+                assert client.chunk() == b"retry: 1000\n\n"
+        finally:
+            for client in clients:
+                client.close()
+    last: dict[str, int] = {}
+
+    def back_to_baseline() -> bool:
+        last.update(baseline_counts(server.state()))
+        return last == baseline
+
+    try:
+        wait_for(back_to_baseline, 10, interval=0.1)
+    except TimeoutError:
+        pytest.fail(f"{server.kind}: baseline {baseline}, after 500 cycles {last}")
+
+
+def test_a_client_that_stops_reading_is_dropped_after_the_write_timeout(server: Server) -> None:
+    write_timeout = 1.0  # SSE_WRITE_TIMEOUT of the test app
+    baseline = server.settled()
+    token = new_token(server, "stalled")
+    # A tiny receive window that is never read: the server's writes block.
+    with RawClient(server.port, rcvbuf=4096) as client:
+        client.request(f"/fast?token={token}&size=16384")
+        opened = time.monotonic()
+        wait_for(lambda: token in server.state()["closed"], 10, interval=0.05)
+        dropped_after = time.monotonic() - opened
+    state = server.settled()
+    assert state["closed"][token] == "write-failed"
+    assert write_timeout <= dropped_after < write_timeout + 4
+    # Back-pressure: the producer stopped once the buffer and the socket were full.
+    assert state["produced"][token] < 2_000, state["produced"][token]
+    assert state["rss"] - baseline["rss"] < 64 * 2**20
