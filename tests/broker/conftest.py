@@ -13,8 +13,10 @@ guard, like the stream guard of ``tests/conftest.py``), then it is closed.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 import gevent
@@ -114,3 +116,14 @@ def is_ended(subscription: Subscription, timeout: float = 5) -> bool:
             raise AssertionError(f"got {event!r} from a subscription that should have ended")
         return True
     return False
+
+
+@contextmanager
+def fast_thread_switching(interval: float = 1e-6) -> Iterator[None]:
+    """Make the GIL switch threads as often as it can, to bring races out."""
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(interval)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(old)

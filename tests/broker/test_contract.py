@@ -29,7 +29,7 @@ from flask_sse_stream.broker import (
     Subscription,
 )
 
-from .conftest import MakeBroker, is_ended, take, wait_until
+from .conftest import MakeBroker, fast_thread_switching, is_ended, take, wait_until
 
 Spawn = Callable[..., "gevent.Greenlet[Any, Any]"]
 
@@ -191,11 +191,20 @@ def test_reconnecting_with_last_id_while_publishing_has_no_gap_and_no_duplicate(
     # The reader cuts its subscription every `cut` events (and whenever it
     # is dropped as slow) and comes back with the last id it saw, while the
     # publisher keeps going; the history holds everything, so never a reset.
-    events, cut = 6000, 397
+    # The thread publisher stays at most `window` events ahead of the reader
+    # (more than the queue, so the reader is sometimes dropped), so the two
+    # overlap from start to end, with the GIL switching threads very often.
+    events, cut, window = 6000, 397, 800
     broker = make_broker(history_size=events, queue_size=500)
+    received: list[int] = []
+    progress = threading.Condition()
 
     def publish() -> None:
         for number in range(events):
+            if publisher == "thread" and number % 50 == 0:
+                with progress:
+                    if not progress.wait_for(lambda n=number: n - len(received) < window, 10):
+                        return
             broker.publish("c", Event(str(number)))
             if publisher == "greenlet" and number % 7 == 6:
                 gevent.sleep(0)
@@ -204,31 +213,35 @@ def test_reconnecting_with_last_id_while_publishing_has_no_gap_and_no_duplicate(
     # back from a mark published before it started.
     last_id = broker.publish("c", Event("mark")).id
     subscription = broker.subscribe(["c"])
-    if publisher == "greenlet":
-        spawn(publish)
-        thread = None
-    else:
-        thread = threading.Thread(target=publish, daemon=True)
-        thread.start()
-
-    received: list[int] = []
     subscriptions = 1
-    with gevent.Timeout(20, AssertionError("the reader did not get everything in 20 s")):
-        while True:
-            with subscription:
-                for event in subscription:
-                    assert event.event != RESET_EVENT
-                    received.append(int(event.data))
-                    last_id = event.id
-                    if len(received) % cut == 0 or len(received) == events:
-                        break
-            if len(received) == events:
-                break
-            subscription = broker.subscribe(["c"], last_id=last_id)
-            subscriptions += 1
-    if thread is not None:
-        thread.join(timeout=10)
-        assert not thread.is_alive()
+    with fast_thread_switching():
+        if publisher == "greenlet":
+            spawn(publish)
+            thread = None
+        else:
+            thread = threading.Thread(target=publish, daemon=True)
+            thread.start()
+        with gevent.Timeout(20, AssertionError("the reader did not get everything in 20 s")):
+            while True:
+                with subscription:
+                    for event in subscription:
+                        assert event.event != RESET_EVENT
+                        # A gap or a duplicate fails here, at once.
+                        assert int(event.data) == len(received), "gap or duplicate"
+                        received.append(int(event.data))
+                        last_id = event.id
+                        if thread is not None:
+                            with progress:
+                                progress.notify()
+                        if len(received) % cut == 0 or len(received) == events:
+                            break
+                if len(received) == events:
+                    break
+                subscription = broker.subscribe(["c"], last_id=last_id)
+                subscriptions += 1
+        if thread is not None:
+            thread.join(timeout=10)
+            assert not thread.is_alive()
     assert received == list(range(events))
     assert subscriptions >= events // cut
 
@@ -370,6 +383,45 @@ def test_publish_from_an_os_thread_reaches_a_waiting_greenlet(broker: Broker, sp
     thread.join(timeout=10)
     assert not thread.is_alive()
     assert datas(got) == [str(number) for number in range(count)]
+    subscription.close()
+
+
+@pytest.mark.timeout(30)
+def test_publish_from_an_os_thread_never_loses_a_wake_up(broker: Broker) -> None:
+    # Ping-pong: the thread publishes one event and waits for the reader to
+    # take it, so the reader goes back to waiting every round and each
+    # publish lands somewhere in its way to sleep. A lost wake-up leaves an
+    # event queued and the reader asleep: the thread then gives up and closes.
+    rounds = 3000
+    subscription = broker.subscribe(["c"])
+    taken = 0
+    turn = threading.Condition()
+    stuck: list[int] = []
+
+    def publish() -> None:
+        for number in range(rounds):
+            broker.publish("c", Event(str(number)))
+            with turn:
+                if not turn.wait_for(lambda n=number: taken > n, timeout=5):
+                    stuck.append(number)
+                    subscription.close()
+                    return
+
+    with fast_thread_switching():
+        thread = threading.Thread(target=publish, daemon=True)
+        thread.start()
+        with gevent.Timeout(20, AssertionError("the reader is stuck")):
+            for event in subscription:
+                assert event.data == str(taken)
+                with turn:
+                    taken += 1
+                    turn.notify()
+                if taken == rounds:
+                    break
+        thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert not stuck, f"the wake-up for event {stuck[0]} was lost"
+    assert taken == rounds
     subscription.close()
 
 
