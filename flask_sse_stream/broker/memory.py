@@ -82,7 +82,7 @@ def _base36(number: int) -> str:
 
 
 def _switch_all(pending: deque[Waiter[Any]]) -> None:
-    # Runs in the hub greenlet, as the async watcher's callback.
+    # Runs in the hub greenlet: Waiter.switch must be called from there.
     while pending:
         try:
             waiter = pending.popleft()
@@ -94,21 +94,27 @@ def _switch_all(pending: deque[Waiter[Any]]) -> None:
 class _HubWaker:
     """Wakes the waiting greenlets of one hub, from its own thread or others.
 
-    The watcher runs only while a greenlet of the hub waits: an active
-    watcher keeps the hub's loop alive (so a thread whose only business is
-    waiting for a publisher in another thread does not get ``LoopExit``),
-    and a stopped one leaves no reference from the loop to us.
+    A publish queues the waiters it wakes here and kicks the waker once,
+    whatever their number: one hub callback then switches to each in turn
+    (a callback per waiter costs more than the switch itself).
+
+    The async watcher runs only while a greenlet of the hub waits: an
+    active watcher keeps the hub's loop alive (so a thread whose only
+    business is waiting for a publisher in another thread does not get
+    ``LoopExit``), and a stopped one leaves no reference from the loop to us.
     """
 
-    __slots__ = ("_pending", "_waiting", "_watcher", "hub", "loop", "thread_id")
+    __slots__ = ("_pending", "_scheduled", "_waiting", "_watcher", "hub", "loop", "thread_id")
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
         self.loop = hub.loop
         self.thread_id: int = _get_ident()
+        # Appended to from any thread (atomic under the GIL), drained in the hub.
         self._pending: deque[Waiter[Any]] = deque()
         self._watcher = hub.loop.async_()
         self._waiting = 0
+        self._scheduled = False
 
     def enter(self) -> None:
         if not self._waiting:
@@ -120,9 +126,21 @@ class _HubWaker:
         if not self._waiting:
             self._watcher.stop()
 
-    def wake_from_thread(self, waiter: Waiter[Any]) -> None:
+    def add(self, waiter: Waiter[Any]) -> None:
+        """Queue ``waiter`` to be switched to at the next :meth:`kick`."""
         self._pending.append(waiter)
-        self._watcher.send()
+
+    def kick(self, thread_id: int) -> None:
+        """Switch to the queued waiters soon; ``thread_id`` is the caller's thread."""
+        if thread_id != self.thread_id:
+            self._watcher.send()  # the only thread-safe way into another hub
+        elif not self._scheduled:
+            self._scheduled = True
+            self.loop.run_callback(self._run)
+
+    def _run(self) -> None:
+        self._scheduled = False
+        _switch_all(self._pending)
 
 
 _wakers = _ThreadLocal()
@@ -156,10 +174,8 @@ def _wake(sub: _Subscriber, thread_id: int) -> None:
         waker, waiter = sub.waiting.pop()
     except IndexError:
         return  # it woke up by itself meanwhile
-    if waker.thread_id == thread_id:
-        waker.loop.run_callback(waiter.switch, None)
-    else:
-        waker.wake_from_thread(waiter)
+    waker.add(waiter)
+    waker.kick(thread_id)
 
 
 class _History:
@@ -258,6 +274,10 @@ class MemoryBroker:
     def _fan_out(self, subscribers: set[_Subscriber], event: Event, me: int) -> None:
         limit = self._queue_size
         full: list[_Subscriber] | None = None
+        # Usually every waiting subscriber is in one hub; with the werkzeug
+        # server each is in its own.
+        waker: _HubWaker | None = None
+        more_wakers: set[_HubWaker] | None = None
         for sub in subscribers:
             queue = sub.queue
             if len(queue) >= limit:
@@ -267,7 +287,24 @@ class MemoryBroker:
                 continue
             queue.append(event)
             if sub.waiting:
-                _wake(sub, me)
+                try:
+                    its_waker, waiter = sub.waiting.pop()
+                except IndexError:
+                    continue  # it woke up by itself meanwhile
+                its_waker.add(waiter)
+                if its_waker is not waker:
+                    if waker is None:
+                        waker = its_waker
+                    elif more_wakers is None:
+                        more_wakers = {its_waker}
+                    else:
+                        more_wakers.add(its_waker)
+        if waker is not None:
+            waker.kick(me)
+            if more_wakers is not None:
+                for other in more_wakers:
+                    if other is not waker:
+                        other.kick(me)
         if full is None:
             self._delivered += len(subscribers)
         else:
@@ -482,18 +519,18 @@ class MemorySubscription:
 
     def __next__(self) -> Event:
         """Return the next event, waiting for one; ``StopIteration`` once ended."""
-        replay = self._replay
-        if replay:
+        if self._replay:
             try:
-                return replay.popleft()
+                return self._replay.popleft()
             except IndexError:
                 pass  # closed meanwhile from another thread
         queue = self._queue
         while True:
-            try:
-                return queue.popleft()
-            except IndexError:
-                pass
+            if queue:
+                try:
+                    return queue.popleft()
+                except IndexError:
+                    pass  # closed meanwhile from another thread
             if self._sub.ended:
                 raise StopIteration
             self._wait(None)

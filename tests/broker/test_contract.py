@@ -392,7 +392,7 @@ def test_publish_from_an_os_thread_never_loses_a_wake_up(broker: Broker) -> None
     # take it, so the reader goes back to waiting every round and each
     # publish lands somewhere in its way to sleep. A lost wake-up leaves an
     # event queued and the reader asleep: the thread then gives up and closes.
-    rounds = 3000
+    rounds = 10000
     subscription = broker.subscribe(["c"])
     taken = 0
     turn = threading.Condition()
