@@ -44,14 +44,14 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from operator import itemgetter
 from types import TracebackType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import gevent
 from gevent import monkey
 from gevent.hub import Hub, Waiter
 
 from ..event import Event
-from .base import RESET_EVENT, BrokerClosedError, BrokerStats
+from .base import RESET_EVENT, Broker, BrokerClosedError, BrokerStats, Subscription
 
 __all__ = ["MemoryBroker", "MemorySubscription"]
 
@@ -133,7 +133,10 @@ class _HubWaker:
     def kick(self, thread_id: int) -> None:
         """Switch to the queued waiters soon; ``thread_id`` is the caller's thread."""
         if thread_id != self.thread_id:
-            self._watcher.send()  # the only thread-safe way into another hub
+            try:
+                self._watcher.send()  # the only thread-safe way into another hub
+            except ValueError:
+                pass  # that hub was destroyed, and whoever waited in it went with it
         elif not self._scheduled:
             self._scheduled = True
             self.loop.run_callback(self._run)
@@ -604,3 +607,9 @@ class MemorySubscription:
         except AttributeError:
             return  # __init__ did not finish
         self._broker._orphaned(sub)
+
+
+if TYPE_CHECKING:
+    # mypy checks that the classes follow the contract.
+    _broker: Broker = MemoryBroker()
+    _subscription: Subscription = _broker.subscribe(["c"])

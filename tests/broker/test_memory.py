@@ -20,6 +20,7 @@ from gevent._hub_local import get_hub_if_exists
 
 from flask_sse_stream import Event
 from flask_sse_stream.broker import RESET_EVENT, MemoryBroker, MemorySubscription
+from flask_sse_stream.broker.memory import _current_waker
 
 from .conftest import take, wait_until
 
@@ -286,6 +287,19 @@ def test_a_thread_waiting_only_on_a_subscription_does_not_hit_loop_exit() -> Non
     assert join(10) == ["late"]
     subscription.close()
     broker.close()
+
+
+def test_waking_a_hub_that_was_destroyed_meanwhile_does_not_break_publish() -> None:
+    # A publisher may pop the waiter of a reader whose thread then ends and
+    # destroys its hub before the publisher kicks it.
+    def make_waker() -> Any:
+        waker = _current_waker()
+        waker.enter()
+        waker.leave()
+        return waker
+
+    waker = run_in_thread(make_waker)(10)
+    waker.kick(threading.get_ident())  # no error
 
 
 def test_the_lock_is_a_real_os_lock() -> None:
