@@ -144,6 +144,8 @@ class Metric:
     unit: str
     get: Callable[[dict[str, Any]], float | None]
     lower_is_better: bool = True
+    peers: tuple[str, ...] | None = None
+    """Compare with these peers only (default: the scenario's); () for no ratio."""
 
 
 def aggregate(
@@ -166,7 +168,8 @@ def aggregate(
                     "max": max(values),
                     "reps": values,
                 }
-        peer_medians = {p: figures[p]["median"] for p in peers if p in figures}
+        candidates = peers if metric.peers is None else metric.peers
+        peer_medians = {p: figures[p]["median"] for p in candidates if p in figures}
         best = None
         if peer_medians:
             pick = min if metric.lower_is_better else max
@@ -366,7 +369,12 @@ def scenario_idle(settings: Settings, streams: int) -> dict[str, Any]:
     metrics = [
         Metric("kib_per_stream", "RSS per idle stream", "KiB", pick("kib_per_stream")),
         Metric(
-            "cpu_pct", f"idle CPU over {settings.idle_window:g} s", "% of a core", pick("cpu_pct")
+            "cpu_pct",
+            f"idle CPU over {settings.idle_window:g} s",
+            "% of a core",
+            pick("cpu_pct"),
+            # The plain naive view sends no heartbeat: compare with the one that does.
+            peers=("naive-timer",) if "naive-timer" in names else None,
         ),
         Metric(
             "heartbeats",
@@ -395,6 +403,53 @@ def scenario_idle(settings: Settings, streams: int) -> dict[str, Any]:
         "params": {"streams": streams, "window_s": settings.idle_window},
         "servers": server_commands(names),
         "rows": aggregate(runs, metrics, ours, peers),
+        "raw": runs,
+    }
+
+
+BREAKDOWN = ("full", "no-heartbeat", "no-flask-context", "bare-stream", "naive")
+
+
+def scenario_memory(settings: Settings, streams: int) -> dict[str, Any]:
+    """MEM: RSS per idle stream with parts of our stream taken away (diagnostic)."""
+    hosts = {"breakdown": "runner", "breakdown-gunicorn": "gunicorn"}
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for rep in range(settings.reps):
+        for name, short in hosts.items():
+            for variant in BREAKDOWN:
+                with Server(SERVERS[name]) as server:
+                    job = {
+                        "scenario": "idle",
+                        "host": "127.0.0.1",
+                        "port": server.port,
+                        "pid": server.pid,
+                        "streams": streams,
+                        "warmup": 5,
+                        "settle": settings.idle_settle,
+                        "window": 0.1,
+                        "path": f"/{variant}",
+                    }
+                    result = run_client(job, timeout=180)
+                key = f"{variant} @ {short}"
+                log(f"MEM rep {rep + 1} {key}: {result['kib_per_stream']:.1f} KiB/stream")
+                runs.setdefault(key, []).append(result)
+    metric = Metric("kib_per_stream", "RSS per idle stream", "KiB", pick("kib_per_stream"))
+    keys = list(runs)
+    return {
+        "id": f"MEM-{streams}",
+        "title": f"Memory per idle stream, part by part ({streams} streams)",
+        "what": (
+            "As S1 (fresh server per repetition, RSS before and after, every stream proven "
+            "live), on benchmarks/apps_breakdown.py: full = @sse.stream; no-heartbeat = "
+            "heartbeat=None; no-flask-context = EventStream with heartbeat and disconnect "
+            "watch but no Flask contexts in the producer; bare-stream = EventStream "
+            "alone (producer greenlet and buffer); naive = the naive peer's view."
+        ),
+        "params": {"streams": streams},
+        "servers": server_commands(hosts),
+        "rows": aggregate(
+            runs, [metric], [k for k in keys if not k.startswith("naive")], ["naive @ gunicorn"]
+        ),
         "raw": runs,
     }
 
@@ -428,31 +483,47 @@ def scenario_heartbeat(settings: Settings, streams: int) -> dict[str, Any]:
             runs[design].append(result)
     metrics = [
         Metric(
+            "per_beat",
+            "idle CPU per heartbeat sent (scans included)",
+            "us",
+            pick("idle_cpu_us_per_beat"),
+        ),
+        Metric(
             "per_stream",
             "idle CPU per stream per interval",
             "us",
             pick("idle_cpu_us_per_stream_per_interval"),
         ),
         Metric(
-            "per_interval",
-            "idle CPU per interval, all streams",
-            "ms",
-            pick("idle_cpu_per_interval_ms"),
+            "pct_15s",
+            "idle CPU at a 15 s interval, one beat per stream",
+            "% of a core",
+            pick("idle_cpu_pct_at_15s"),
         ),
         Metric(
-            "pct_15s", "idle CPU at a 15 s interval", "% of a core", pick("idle_cpu_pct_at_15s")
+            "wakeup",
+            "CPU per wake-up (loop pass or timer fire)",
+            "us",
+            pick("cpu_us_per_wakeup"),
+            peers=(),
         ),
         Metric(
-            "wakeup", "CPU per wake-up (loop pass or timer fire)", "us", pick("cpu_us_per_wakeup")
+            "scan",
+            "scan only, per stream per wake-up",
+            "ns",
+            pick("scan_ns_per_stream_per_wakeup"),
         ),
         Metric(
-            "scan", "scan only, per stream per wake-up", "ns", pick("scan_ns_per_stream_per_wakeup")
-        ),
-        Metric(
-            "beats", "heartbeats per stream per interval", "", pick("beats_per_stream_per_interval")
+            "beats",
+            "heartbeats per stream per interval (ideal: 1)",
+            "",
+            pick("beats_per_stream_per_interval"),
+            peers=(),
         ),
         Metric("hot", "CPU per event to a waiting stream", "us", pick("hot_us_per_event")),
-        Metric("rss", "RSS per stream (greenlet + queue)", "KiB", pick("rss_kib_per_stream")),
+        Metric(
+            "rss", "RSS per stream (greenlet + queue)", "KiB", pick("rss_kib_per_stream"), peers=()
+        ),
     ]
     return {
         "id": f"HB-{streams}",
@@ -462,8 +533,10 @@ def scenario_heartbeat(settings: Settings, streams: int) -> dict[str, Any]:
             "it. shared = the library's flask_sse_stream.heartbeat loop (wakes 3 times "
             "per interval, compares last_write, queues a comment); timer = each handler "
             f"waits with Queue.get(timeout=interval). Interval {settings.hb_interval:g} s, "
-            f"CPU (process_time) over {settings.hb_intervals} intervals, phases random; "
-            "idle CPU scaled to a 15 s interval."
+            f"CPU (process_time) over {settings.hb_intervals} intervals, phases random. "
+            "The 15 s figure is the CPU per heartbeat times one heartbeat per stream per "
+            "15 s (the short interval can saturate the timer design at 10,000 streams, "
+            "which then sends fewer heartbeats than due)."
         ),
         "params": {
             "streams": streams,
@@ -548,7 +621,11 @@ def machine(ref: str | None) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, < 1 minute")
-    parser.add_argument("--only", default="", help="comma-separated: S5,S4,S1,HB")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated: S5,S4,S1,HB (default: all), MEM (memory breakdown, only on request)",
+    )
     parser.add_argument("--render", action="store_true", help="rebuild the doc from the JSON")
     parser.add_argument("--out", type=Path, help="JSON output path")
     parser.add_argument(
@@ -585,6 +662,8 @@ def main(argv: list[str] | None = None) -> None:
         scenarios.extend(scenario_idle(settings, n) for n in settings.idle_streams)
     if not only or "HB" in only:
         scenarios.extend(scenario_heartbeat(settings, n) for n in settings.hb_streams)
+    if "MEM" in only:  # diagnostic, not part of the default run
+        scenarios.extend(scenario_memory(settings, n) for n in settings.idle_streams)
     if snapshot is not None:
         snapshot.cleanup()
     meta["loadavg_at_end"] = os.getloadavg()

@@ -140,7 +140,9 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
         "beats_per_stream_per_interval": beats / count / intervals,
         "wakeups": wakeups,
         "cpu_us_per_wakeup": idle_cpu / wakeups * 1e6 if wakeups else math.nan,
-        "idle_cpu_pct_at_15s": 100 * per_interval / 15.0,
+        "idle_cpu_us_per_beat": idle_cpu / beats * 1e6 if beats else math.nan,
+        # One beat per stream per 15 s, at the measured cost of a beat.
+        "idle_cpu_pct_at_15s": 100 * (idle_cpu / beats) * count / 15.0 if beats else math.nan,
     }
 
     if design == "shared":

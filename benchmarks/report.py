@@ -47,7 +47,11 @@ def number(value: float | None) -> str:
 def ratio(value: float | None) -> str:
     if value is None:
         return "-"
-    return f"{value:.2g}x" if value < 10 else f"{value:,.0f}x"
+    if value < 0.01:
+        return f"1/{1 / value:,.0f}"
+    if value < 10:
+        return f"{value:.2f}x"
+    return f"{value:,.0f}x"
 
 
 def spread(figure: dict[str, Any]) -> str:

@@ -54,21 +54,24 @@ def _gunicorn(target: str) -> Callable[[int], list[str]]:
     return argv
 
 
-def _ours(port: int) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "flask_sse_stream",
-        "serve",
-        "benchmarks.apps:app",
-        "--host",
-        HOST,
-        "--port",
-        str(port),
-        "--no-access-log",
-        "--drain-timeout",
-        "2",
-    ]
+def _ours(target: str) -> Callable[[int], list[str]]:
+    def argv(port: int) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "flask_sse_stream",
+            "serve",
+            target,
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--no-access-log",
+            "--drain-timeout",
+            "2",
+        ]
+
+    return argv
 
 
 # gunicorn's quick shutdown: the benchmark has closed its streams, and a
@@ -103,7 +106,9 @@ class ServerSpec:
 SERVERS: dict[str, ServerSpec] = {
     spec.name: spec
     for spec in (
-        ServerSpec("ours", "ours, our runner (gevent pywsgi)", True, _ours, True),
+        ServerSpec(
+            "ours", "ours, our runner (gevent pywsgi)", True, _ours("benchmarks.apps:app"), True
+        ),
         ServerSpec(
             "ours-gunicorn",
             "ours, gunicorn -k gevent",
@@ -118,6 +123,21 @@ SERVERS: dict[str, ServerSpec] = {
             False,
             _gunicorn("benchmarks.peer_naive:app"),
             False,
+            QUICK_EXIT,
+        ),
+        ServerSpec(
+            "breakdown",
+            "memory breakdown app, our runner",
+            True,
+            _ours("benchmarks.apps_breakdown:app"),
+            True,
+        ),
+        ServerSpec(
+            "breakdown-gunicorn",
+            "memory breakdown app, gunicorn -k gevent",
+            True,
+            _gunicorn("benchmarks.apps_breakdown:app"),
+            True,
             QUICK_EXIT,
         ),
         ServerSpec(

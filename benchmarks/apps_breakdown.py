@@ -1,0 +1,78 @@
+"""Where the memory of an idle stream goes: our stream with parts taken away.
+
+Diagnostic only (``core.py --only MEM``): the variants build
+:class:`flask_sse_stream.stream.EventStream` directly, an internal class, to
+switch off one part at a time. Every variant runs the same producer, a
+subscriber blocked on its own ``gevent.queue.Queue`` after one probe event.
+
+* ``/full``: ``@sse.stream`` as users write it (heartbeat, disconnect
+  watching, the producer inside copies of the Flask contexts);
+* ``/no-heartbeat``: the same with ``heartbeat=None``;
+* ``/no-flask-context``: ``EventStream`` with heartbeat and watch, without
+  the Flask contexts in the producer;
+* ``/bare-stream``: ``EventStream`` alone: producer greenlet and buffer, no
+  heartbeat, no watch, no contexts;
+* ``/naive``: the naive peer's view (``stream_with_context``), one greenlet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from flask import Flask, Response, request, stream_with_context
+
+from benchmarks import instrument
+from flask_sse_stream import SSE
+from flask_sse_stream.cancel import find_socket
+from flask_sse_stream.extension import stream_headers
+from flask_sse_stream.stream import EventStream
+
+app = Flask(__name__)
+sse = SSE(app)
+instrument.instrument(app)
+
+PREAMBLE = b"retry: 3000\n\n"
+
+
+def _encode(item: object) -> bytes:
+    return b"data: %s\n\n" % str(item).encode()
+
+
+@app.get("/full")
+@sse.stream
+def full() -> Iterator[object]:
+    return instrument.idle()
+
+
+@app.get("/no-heartbeat")
+@sse.stream(heartbeat=None)
+def no_heartbeat() -> Iterator[object]:
+    return instrument.idle()
+
+
+@app.get("/no-flask-context")
+def no_flask_context() -> Response:
+    body = EventStream(
+        instrument.idle(),
+        encode=_encode,
+        preamble=PREAMBLE,
+        heartbeat=15.0,
+        sock=find_socket(request.environ),
+        write_timeout=30.0,
+    )
+    return Response(body, headers=stream_headers(), direct_passthrough=True)
+
+
+@app.get("/bare-stream")
+def bare_stream() -> Response:
+    body = EventStream(instrument.idle(), encode=_encode, preamble=PREAMBLE)
+    return Response(body, headers=stream_headers(), direct_passthrough=True)
+
+
+@app.get("/naive")
+def naive() -> Response:
+    def frames() -> Iterator[str]:
+        for item in instrument.idle():
+            yield f"data: {item}\n\n"
+
+    return Response(stream_with_context(frames()), mimetype="text/event-stream")
