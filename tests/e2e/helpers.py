@@ -87,6 +87,8 @@ def server_command(kind: str, port: int, drain_timeout: float = 3.0) -> list[str
             str(round(drain_timeout)),
             "--bind",
             f"{HOST}:{port}",
+            # The default control socket path is shared by every gunicorn of the user.
+            "--no-control-socket",
             APP,
         ]
     if kind == "werkzeug":
