@@ -576,7 +576,8 @@ class MemorySubscription:
                 waiter.get()
                 return True
             timer = waker.loop.timer(max(timeout, 0.0))
-            timer.start(waiter.switch, _TIMED_OUT)
+            # update: measure from now, not from the loop's cached time.
+            timer.start(waiter.switch, _TIMED_OUT, update=True)
             try:
                 return waiter.get() is not _TIMED_OUT
             finally:
