@@ -471,7 +471,30 @@ def idle(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def ceiling(job: dict[str, Any]) -> dict[str, Any]:
+    """The client's own limit: events decoded per second from the null server."""
+    loop = Loop(job["host"], job["port"])
+    count = job["connections"]
+    start = time.monotonic()
+    conns = loop.open_many(count, lambda _: "/", deadline=start + 30)
+    loop.run(lambda: all(c.events or c.eof for c in conns), start + 30)
+    before = sum(len(c.events) for c in conns)
+    cpu_start, wall_start = time.process_time(), time.monotonic()
+    loop.pause(job["window"])
+    cpu, wall = time.process_time() - cpu_start, time.monotonic() - wall_start
+    events = sum(len(c.events) for c in conns) - before
+    loop.close_all()
+    return {
+        "connections": count,
+        "window_s": wall,
+        "events": events,
+        "events_per_s": events / wall,
+        "client_cpu_pct": 100 * cpu / wall,
+    }
+
+
 SCENARIOS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "ceiling": ceiling,
     "ttfb": ttfb,
     "disconnect": disconnect,
     "idle": idle,

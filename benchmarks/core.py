@@ -57,6 +57,8 @@ class Settings:
     idle_settle: float
     idle_servers: tuple[str, ...]
     hb_streams: tuple[int, ...]
+    ceiling_window: float
+    ceiling_connections: tuple[int, ...]
     hb_interval: float
     hb_intervals: int
 
@@ -73,22 +75,26 @@ FULL = Settings(
     idle_settle=0.5,
     idle_servers=("ours", "ours-gunicorn", "naive", "naive-timer"),
     hb_streams=(1000, 10000),
+    ceiling_window=1.0,
+    ceiling_connections=(1, 100),
     hb_interval=0.5,
     hb_intervals=4,
 )
 QUICK = Settings(
     reps=3,
     ttfb_connections=20,
-    ttfb_block=1.0,
+    ttfb_block=0.5,
     closes=20,
-    close_period=2.0,
+    close_period=1.0,
     close_gap=0.02,
     idle_streams=(200,),
     idle_window=1.0,
-    idle_settle=0.3,
+    idle_settle=0.2,
     idle_servers=("ours", "naive"),
     hb_streams=(1000,),
-    hb_interval=0.3,
+    ceiling_window=0.3,
+    ceiling_connections=(1,),
+    hb_interval=0.2,
     hb_intervals=2,
 )
 STREAM_SERVERS = ("ours", "ours-gunicorn", "naive")
@@ -407,6 +413,42 @@ def scenario_idle(settings: Settings, streams: int) -> dict[str, Any]:
     }
 
 
+def scenario_ceiling(settings: Settings) -> dict[str, Any]:
+    """C0: how fast the load client reads, from a server that only streams."""
+    runs: dict[str, list[dict[str, Any]]] = {}
+    with Server(SERVERS["null"]) as server:
+        for rep in range(settings.reps):
+            for connections in settings.ceiling_connections:
+                job = {
+                    "scenario": "ceiling",
+                    "host": "127.0.0.1",
+                    "port": server.port,
+                    "connections": connections,
+                    "window": settings.ceiling_window,
+                }
+                result = run_client(job, timeout=60)
+                log(f"C0 rep {rep + 1} {connections}: {result['events_per_s']:,.0f} events/s")
+                runs.setdefault(f"{connections} connection(s)", []).append(result)
+    metrics = [
+        Metric("events_per_s", "events decoded per second", "events/s", pick("events_per_s")),
+        Metric("client_cpu", "client CPU", "% of a core", pick("client_cpu_pct")),
+    ]
+    return {
+        "id": "C0",
+        "title": "The load client's ceiling",
+        "what": (
+            "The client against benchmarks/null_server.py, which sends one pre-built "
+            "~50-byte event per chunk as fast as the socket takes it, over "
+            f"{settings.ceiling_window:g} s: events decoded, stamped and kept per second. "
+            "Every scenario here stays far below it."
+        ),
+        "params": {"window_s": settings.ceiling_window},
+        "servers": server_commands(["null"]),
+        "rows": aggregate(runs, metrics, list(runs), []),
+        "raw": runs,
+    }
+
+
 BREAKDOWN = ("full", "no-heartbeat", "no-flask-context", "bare-stream", "naive")
 
 
@@ -624,7 +666,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--only",
         default="",
-        help="comma-separated: S5,S4,S1,HB (default: all), MEM (memory breakdown, only on request)",
+        help="comma-separated: C0,S5,S4,S1,HB (default: all); MEM only on request",
     )
     parser.add_argument("--render", action="store_true", help="rebuild the doc from the JSON")
     parser.add_argument("--out", type=Path, help="JSON output path")
@@ -634,7 +676,7 @@ def main(argv: list[str] | None = None) -> None:
         "the working tree, which others may be editing",
     )
     args = parser.parse_args(argv)
-    out = args.out or RESULTS / ("core-quick.json.tmp" if args.quick else "core.json")
+    out = (args.out or RESULTS / ("core-quick.json.tmp" if args.quick else "core.json")).resolve()
     if args.render:
         report.write_doc(DOC, json.loads(out.read_text()))
         return
@@ -654,6 +696,8 @@ def main(argv: list[str] | None = None) -> None:
     meta["date"] = time.strftime("%Y-%m-%d %H:%M:%S %z")
     meta["command"] = " ".join([".venv/bin/python", "benchmarks/core.py", *(argv or sys.argv[1:])])
     scenarios: list[dict[str, Any]] = []
+    if not only or "C0" in only:
+        scenarios.append(scenario_ceiling(settings))
     if not only or "S5" in only:
         scenarios.append(scenario_ttfb(settings))
     if not only or "S4" in only:

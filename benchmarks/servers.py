@@ -141,6 +141,13 @@ SERVERS: dict[str, ServerSpec] = {
             QUICK_EXIT,
         ),
         ServerSpec(
+            "null",
+            "null server: one pre-built event, as fast as the socket takes it",
+            False,
+            lambda port: [sys.executable, "benchmarks/null_server.py", str(port)],
+            False,
+        ),
+        ServerSpec(
             "naive-timer",
             "naive view + per-stream 15 s heartbeat timer, gunicorn -k gevent",
             False,
