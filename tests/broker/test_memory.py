@@ -8,7 +8,10 @@ the werkzeug development server.
 from __future__ import annotations
 
 import gc
+import json
 import re
+import subprocess
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -306,3 +309,70 @@ def test_the_lock_is_a_real_os_lock() -> None:
     # Taken by greenlets of different hubs at once: must not be gevent's.
     lock = MemoryBroker()._lock
     assert type(lock).__module__ in ("_thread", "builtins")
+
+
+PATCHED_SCRIPT = """
+from gevent import monkey
+monkey.patch_all()
+
+import json, sys, threading
+import gevent
+from flask_sse_stream import Event
+from flask_sse_stream.broker import MemoryBroker
+
+broker = MemoryBroker(queue_size=5000)
+count = 1000
+subscriptions = [broker.subscribe(["c"]) for _ in range(20)]
+
+def read(subscription):
+    got = []
+    with gevent.Timeout(10):
+        for event in subscription:
+            got.append(event.data)
+            if len(got) == 2 * count:
+                break
+    return got
+
+readers = [gevent.spawn(read, s) for s in subscriptions]
+gevent.sleep(0)
+
+def publish(prefix):
+    for n in range(count):
+        broker.publish("c", Event(f"{prefix}{n}"))
+    return threading.get_ident()
+
+# A real OS thread (gevent's thread pool) and a greenlet publish at once.
+in_pool = gevent.get_hub().threadpool.spawn(publish, "t")
+in_greenlet = gevent.spawn(publish, "g")
+results = [reader.get(timeout=15) for reader in readers]
+in_pool.get(timeout=10)
+in_greenlet.get(timeout=10)
+ok = all(
+    [d for d in got if d[0] == "t"] == [f"t{n}" for n in range(count)]
+    and [d for d in got if d[0] == "g"] == [f"g{n}" for n in range(count)]
+    for got in results
+)
+for subscription in subscriptions:
+    subscription.close()
+lock_type = type(broker._lock).__module__
+print(json.dumps({"ok": ok, "patched": monkey.is_module_patched("threading"),
+                  "lock": lock_type, "stats": broker.stats().subscriptions}))
+"""
+
+
+@pytest.mark.timeout(30)
+def test_in_a_monkey_patched_process_a_pool_thread_and_a_greenlet_publish_together() -> None:
+    # Our runner and gunicorn patch the process; the broker must still use
+    # a real lock and tell real threads apart. Patching happens only in the
+    # subprocess's own script, never in the pytest process.
+    completed = subprocess.run(
+        [sys.executable, "-c", PATCHED_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=25,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert result == {"ok": True, "patched": True, "lock": result["lock"], "stats": 0}
+    assert result["lock"] in ("_thread", "builtins")
