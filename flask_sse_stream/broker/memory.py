@@ -21,14 +21,14 @@ How it is built, and why:
   wait: nothing is allocated per subscriber per event. A full queue drops
   that subscriber; the publisher never waits.
 * A waiting subscriber registers a gevent ``Waiter`` (one per wait, not per
-  event). A publisher in the same OS thread (hence the same hub) wakes it
-  with ``loop.run_callback``. A publisher in another thread must not touch
-  that hub's gevent objects: it queues the waiter on the hub's waker and
-  calls the waker's ``async_`` watcher's ``send()``, the one thread-safe way
-  into a libev/libuv loop; the watcher's callback then switches to the
-  waiter inside its own hub. The werkzeug development server runs each
-  request in its own thread with its own hub, so this is the normal case
-  there, not a corner.
+  event). A publish queues the waiters it wakes on their hub's waker and
+  kicks each waker once: from the same OS thread (hence the same hub) with
+  one ``loop.run_callback``; from another thread, which must not touch that
+  hub's gevent objects, with the waker's ``async_`` watcher's ``send()``,
+  the one thread-safe way into a libev/libuv loop. Either way one callback
+  in the subscriber's own hub switches to every queued waiter. The werkzeug
+  development server runs each request in its own thread with its own hub,
+  so the cross-thread path is the normal case there, not a corner.
 * ``deque.append`` and ``deque.popleft`` are atomic under the GIL, which is
   what lets a publisher thread append to a queue that a greenlet of another
   thread pops from. The only compound step, "check the length, then
