@@ -248,9 +248,15 @@ class SSE:
         return response
 
     def stats(self) -> dict[str, Any]:
-        """Counters for monitoring: open streams, subscribers per channel, events
-        published and delivered, subscribers dropped as slow, streams closed by
-        reason. Figures of the current process and application."""
+        """Counters for monitoring, of the current process and application.
+
+        ``open_streams``; ``subscribers`` per channel; events ``published``,
+        ``delivered`` live and ``replayed`` to reconnecting clients;
+        ``resets`` sent instead of a replay; subscribers ``dropped_slow``
+        because they fell ``SSE_QUEUE_SIZE`` events behind; events
+        ``queued`` for subscribers and held in ``history`` now; streams
+        ``closed`` by :class:`CloseReason`.
+        """
         state = self._state()
         broker = state.broker.stats()
         return {
@@ -258,7 +264,11 @@ class SSE:
             "subscribers": dict(broker.subscribers),
             "published": broker.published,
             "delivered": broker.delivered,
+            "replayed": broker.replayed,
+            "resets": broker.resets,
             "dropped_slow": broker.dropped_slow,
+            "queued": broker.queued,
+            "history": broker.history,
             "closed": {reason.value: state.closed[reason.value] for reason in CloseReason},
         }
 
@@ -298,6 +308,9 @@ class SSE:
         cfg = state.config
         refusal = self.refuse_if_full()
         if refusal is not None:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()  # e.g. a subscription made for this stream
             return refusal
         interval = (
             cfg.heartbeat_interval
@@ -313,8 +326,16 @@ class SSE:
         callbacks = tuple(self._on_close)
         closed = state.closed
 
+        logger = app.logger
+
         def on_close(reason: CloseReason) -> None:
             closed[reason.value] += 1
+            if getattr(source, "dropped", False):
+                logger.warning(
+                    "Dropped a slow subscriber of %s: it fell SSE_QUEUE_SIZE events behind; "
+                    "it will reconnect and replay",
+                    ", ".join(getattr(source, "channels", ())),
+                )
             for callback in callbacks:
                 callback(reason)
 

@@ -20,6 +20,22 @@ _METRICS = (
         None,
     ),
     (
+        "replayed",
+        "sse_events_replayed_total",
+        "counter",
+        "Events replayed to reconnecting clients.",
+        None,
+    ),
+    (
+        "resets",
+        "sse_resets_total",
+        "counter",
+        "Reset events sent because a last event id could not be replayed from.",
+        None,
+    ),
+    ("queued", "sse_events_queued", "gauge", "Events waiting for subscribers.", None),
+    ("history", "sse_events_in_history", "gauge", "Events kept for replay.", None),
+    (
         "dropped_slow",
         "sse_subscribers_dropped_total",
         "counter",

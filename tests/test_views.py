@@ -250,3 +250,26 @@ def test_a_view_can_stream_a_subscription(app: Flask, sse: SSE, opened: list[Tes
             gevent.sleep(0.001)
         sse.publish("hello", channel="user-1")
         assert first.get().data == "hello"
+
+
+def test_a_subscriber_that_falls_behind_is_dropped_logged_and_counted(
+    app: Flask, caplog: pytest.LogCaptureFixture
+) -> None:
+    app.config["SSE_QUEUE_SIZE"] = 5
+    sse = SSE(app)
+    app.register_blueprint(sse.blueprint, url_prefix="/events")
+    slow = app.test_client().get("/events?channel=busy", buffered=False)
+    with app.app_context():
+        for i in range(10):  # nobody reads the stream meanwhile
+            sse.publish(str(i), channel="busy")
+    try:
+        with gevent.Timeout(5):
+            # The preamble, then the end: the stream does not wait for more.
+            assert b"".join(slow.response) == b":\n\n"
+    finally:
+        slow.close()
+    assert "Dropped a slow subscriber of busy" in caplog.text
+    with app.app_context():
+        stats = sse.stats()
+    assert stats["dropped_slow"] == 1
+    assert stats["subscribers"] == {}
