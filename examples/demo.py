@@ -1,54 +1,55 @@
-"""The demo: a live clock streamed to the browser.
+"""The demo: a live chat room over Server-Sent Events.
 
-Run it with ``make run`` and open http://127.0.0.1:5000/.
+``make run`` serves it on http://127.0.0.1:5000/ with the in-process broker;
+open the page in two windows and talk. With ``SSE_BROKER_URL`` set it runs
+unchanged on Redis, under gunicorn with several workers::
+
+    SSE_BROKER_URL=redis://localhost:6379/0 \\
+        gunicorn -c python:flask_sse_stream.gunicorn_conf -w 4 examples.demo:app
+
+The page shows the connection state, the last event id, how often it had
+to reconnect, and every message exactly once, including the ones it missed
+while it was away (the browser sends ``Last-Event-ID`` when it reconnects).
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
+import os
+from typing import Any
 
-import gevent
-from flask import Flask
+from flask import Flask, Response, jsonify, request
 
-from flask_sse_stream import SSE, Event
+from flask_sse_stream import SSE, InvalidEventError
 
 app = Flask(__name__)
+app.config.update(
+    SSE_HEARTBEAT_INTERVAL=15,
+    SSE_RETRY=2000,
+    SSE_HISTORY_SIZE=500,
+)
+if os.environ.get("SSE_BROKER_URL"):
+    app.config["SSE_BROKER_URL"] = os.environ["SSE_BROKER_URL"]
 sse = SSE(app)
+app.register_blueprint(sse.blueprint, url_prefix="/events")
 
-PAGE = """<!doctype html>
-<meta charset="utf-8">
-<title>flask-sse-stream demo</title>
-<style>body { font: 16px system-ui, sans-serif; margin: 2rem; } #now { font-size: 3rem; }</style>
-<h1>flask-sse-stream</h1>
-<p>State: <b id="state">connecting</b> &middot; last event id: <code id="last">-</code></p>
-<p id="now">&hellip;</p>
-<script>
-  const source = new EventSource("/clock");
-  const state = document.getElementById("state");
-  source.onopen = () => { state.textContent = "open"; };
-  source.onerror = () => {
-    state.textContent = source.readyState === EventSource.CLOSED ? "closed" : "reconnecting";
-  };
-  source.addEventListener("tick", (e) => {
-    const now = new Date(JSON.parse(e.data).now * 1000);
-    document.getElementById("now").textContent = now.toLocaleTimeString();
-    document.getElementById("last").textContent = e.lastEventId;
-  });
-</script>
-"""
+MAX_NAME = 40
+MAX_TEXT = 500
 
 
 @app.get("/")
-def index() -> str:
-    return PAGE
+def index() -> Response:
+    return app.send_static_file("demo.html")
 
 
-@app.get("/clock")
-@sse.stream
-def clock() -> Iterator[Event]:
-    n = 0
-    while True:
-        n += 1
-        yield Event({"now": time.time()}, event="tick", id=str(n))
-        gevent.sleep(1)
+@app.post("/messages")
+def post_message() -> tuple[Response, int]:
+    body: Any = request.get_json(silent=True) or {}
+    name = str(body.get("name", "")).strip()[:MAX_NAME] or "anonymous"
+    text = str(body.get("text", "")).strip()[:MAX_TEXT]
+    if not text:
+        return jsonify(error="write something first"), 400
+    try:
+        event_id = sse.publish({"name": name, "text": text}, channel="chat", event="message")
+    except InvalidEventError as exc:  # e.g. a lone surrogate pasted in
+        return jsonify(error=str(exc)), 400
+    return jsonify(id=event_id), 201
