@@ -62,7 +62,11 @@ class SSEHandler(WSGIHandler):
         self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
     ) -> None:
         if isinstance(v, TimeoutError) and self.response_length:
-            self.log_error("dropped %s: a write took longer than its timeout", self.client_address)
+            address: Any = self.client_address  # (host, port) for TCP
+            peer = ":".join(map(str, address[:2])) if isinstance(address, tuple) else address
+            self.server.error_log.write(
+                f"flask-sse-stream: dropped {peer}: a write took longer than its timeout\n"
+            )
             self.close_connection = True
             return
         super().handle_error(t, v, tb)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -87,13 +88,17 @@ def test_500_connect_close_cycles_leave_greenlets_fds_and_streams_at_baseline(
     last: dict[str, int] = {}
 
     def back_to_baseline() -> bool:
+        # Not above: something the baseline caught finishing may have ended since.
         last.update(baseline_counts(server.state()))
-        return last == baseline
+        return all(last[key] <= baseline[key] for key in baseline)
 
     try:
         wait_for(back_to_baseline, 10, interval=0.1)
     except TimeoutError:
         pytest.fail(f"{server.kind}: baseline {baseline}, after 500 cycles {last}")
+
+
+EVENT_SIZE = 16384
 
 
 def test_a_client_that_stops_reading_is_dropped_after_the_write_timeout(server: Server) -> None:
@@ -102,13 +107,17 @@ def test_a_client_that_stops_reading_is_dropped_after_the_write_timeout(server: 
     token = new_token(server, "stalled")
     # A tiny receive window that is never read: the server's writes block.
     with RawClient(server.port, rcvbuf=4096) as client:
-        client.request(f"/fast?token={token}&size=16384")
+        client.request(f"/fast?token={token}&size={EVENT_SIZE}")
         opened = time.monotonic()
         wait_for(lambda: token in server.state()["closed"], 10, interval=0.05)
         dropped_after = time.monotonic() - opened
     state = server.settled()
     assert state["closed"][token] == "write-failed"
     assert write_timeout <= dropped_after < write_timeout + 4
-    # Back-pressure: the producer stopped once the buffer and the socket were full.
-    assert state["produced"][token] < 2_000, state["produced"][token]
-    assert state["rss"] - baseline["rss"] < 64 * 2**20
+    # Back-pressure: the producer stopped once the kernel's buffers and the
+    # stream's (SSE_BUFFER_SIZE=8) were full, instead of making all 100,000
+    # events (1.6 GB): the kernel takes at most its largest send buffer.
+    send_buffer_max = int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+    bound = send_buffer_max // EVENT_SIZE + 8 + 2
+    assert state["produced"][token] <= bound, (state["produced"][token], bound)
+    assert state["rss"] - baseline["rss"] < 16 * 2**20
