@@ -47,6 +47,8 @@ def number(value: float | None) -> str:
 def ratio(value: float | None) -> str:
     if value is None:
         return "-"
+    if value == 0:
+        return "0x"
     if value < 0.01:
         return f"1/{1 / value:,.0f}"
     if value < 10:
