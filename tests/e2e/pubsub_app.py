@@ -1,0 +1,104 @@
+"""The app the pub/sub end-to-end tests serve: the channels blueprint and a
+few views that publish the way the tests need (a numbered sequence, from a
+greenlet or from a real OS thread).
+
+Importing it has no side effect beyond building the app.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from typing import Any
+
+import gevent
+import greenlet
+from flask import Flask, request
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+from flask_sse_stream import SSE
+from flask_sse_stream.stream import open_streams
+
+app = Flask(__name__)
+app.config.update(
+    SSE_HEARTBEAT_INTERVAL=None,
+    SSE_RETRY=500,
+    SSE_HISTORY_SIZE=3000,
+    SSE_QUEUE_SIZE=200,
+    SSE_WRITE_TIMEOUT=2,
+    SSE_MAX_CONNECTIONS=1000,
+)
+sse = SSE(app)
+app.register_blueprint(sse.blueprint, url_prefix="/events")
+
+
+# A second app, mounted at /limited, that refuses a third open stream in
+# the process (the limit counts every stream of the process).
+limited = Flask("limited")
+limited.config.update(SSE_HEARTBEAT_INTERVAL=None, SSE_RETRY=3000, SSE_MAX_CONNECTIONS=2)
+limited_sse = SSE(limited)
+limited.register_blueprint(limited_sse.blueprint, url_prefix="/events")
+app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {"/limited": limited})  # type: ignore[method-assign]
+
+
+@sse.authorize
+def _no_private(channel: str) -> bool:
+    return not channel.startswith("private")
+
+
+@app.get("/health")
+def health() -> str:
+    return "ok"
+
+
+@app.get("/debug/state")
+def state() -> dict[str, Any]:
+    gc.collect()
+    stats = sse.stats()
+    return {
+        **stats,
+        "greenlets": sum(isinstance(o, greenlet.greenlet) for o in gc.get_objects()),
+        "fds": len(os.listdir("/proc/self/fd")),
+        "open_streams": len(open_streams()),
+    }
+
+
+def _publish_sequence(channel: str, count: int, start: int, pause: float, size: int) -> None:
+    padding = "x" * size
+    with app.app_context():
+        for n in range(start, start + count):
+            sse.publish({"n": n, "pad": padding}, channel=channel)
+            if pause:
+                gevent.sleep(pause)
+            elif n % 100 == 99:
+                gevent.sleep(0)
+
+
+@app.post("/publish-sequence")
+def publish_sequence() -> dict[str, Any]:
+    """Publish ``count`` events ``{"n": start..}`` to ``channel`` from a greenlet."""
+    args = request.args
+    worker = gevent.spawn(
+        _publish_sequence,
+        args["channel"],
+        int(args.get("count", 1)),
+        int(args.get("start", 0)),
+        float(args.get("pause", 0)),
+        int(args.get("size", 0)),
+    )
+    if args.get("wait"):
+        worker.join()
+    return {"started": True}
+
+
+@app.post("/publish-from-thread")
+def publish_from_thread() -> dict[str, Any]:
+    """Publish one event from a real OS thread of gevent's thread pool."""
+    channel = request.args["channel"]
+
+    def in_thread() -> str:
+        with app.app_context():
+            return sse.publish("from a thread", channel=channel)
+
+    event_id = gevent.get_hub().threadpool.apply(in_thread)
+    return {"id": event_id}
