@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -130,6 +131,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     wakeups = 3 * intervals if design == "shared" else beats
     result: dict[str, Any] = {
         "design": design,
+        "library": os.path.dirname(heartbeat.__file__),
         "streams": count,
         "interval_s": interval,
         "intervals": intervals,
