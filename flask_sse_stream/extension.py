@@ -5,11 +5,12 @@ from __future__ import annotations
 import functools
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar, overload
 
-from flask import Blueprint, Flask, Response, current_app, g, has_request_context, jsonify
+from flask import Blueprint, Flask, Response, current_app, has_request_context, jsonify
+from flask.globals import app_ctx as _app_ctx
 from flask.globals import request_ctx
 from werkzeug.wrappers import Response as BaseResponse
 
@@ -79,28 +80,36 @@ class _AppState:
     closed: Counter[str] = field(default_factory=Counter)
 
 
-def _flask_context_factory() -> Callable[[], Any]:
-    """Return a context manager that pushes copies of the view's contexts.
+def _flask_context_factory() -> Callable[[], AbstractContextManager[Any]]:
+    """Return what gives the producer greenlet the view's Flask contexts.
 
-    The view returns before its generator runs, and Flask then pops its
-    contexts; the producer greenlet pushes copies that share ``g``,
-    ``request`` and ``session``. As with :func:`flask.copy_current_request_context`,
-    teardown functions run again when the stream ends.
+    The view returns before its generator runs, and Flask pops the view's
+    contexts as soon as the response is returned. The producer pushes the
+    same context objects again, as :func:`flask.stream_with_context` does,
+    so ``g``, ``request`` and ``session`` are the view's and nothing is
+    copied (a copy would build a URL adapter and a ``g`` per stream).
+    Teardown functions run again when the stream ends.
+
+    If the view's context is somehow still pushed when the stream starts
+    (a middleware iterating the body inside the request), re-pushing the
+    same objects from another greenlet would tangle their context tokens,
+    so the producer pushes a copy instead.
     """
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
-    shared_g = g._get_current_object()
-    req = request_ctx.copy() if has_request_context() else None
+    app_ctx = _app_ctx._get_current_object()  # type: ignore[attr-defined]
+    req_ctx = request_ctx._get_current_object() if has_request_context() else None  # type: ignore[attr-defined]
 
     @contextmanager
     def context() -> Iterator[None]:
-        app_ctx = app.app_context()
-        app_ctx.g = shared_g
-        with app_ctx:
-            if req is None:
-                yield
+        with ExitStack() as stack:
+            if getattr(app_ctx, "_cv_tokens", None):
+                copy = app_ctx.app.app_context()
+                copy.g = app_ctx.g
+                stack.enter_context(copy)
             else:
-                with req:
-                    yield
+                stack.enter_context(app_ctx)
+            if req_ctx is not None:
+                stack.enter_context(req_ctx.copy() if req_ctx._cv_tokens else req_ctx)
+            yield
 
     return context
 

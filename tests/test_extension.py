@@ -360,3 +360,22 @@ def test_teardown_runs_for_the_stream_when_it_ends(app: Flask, sse: SSE) -> None
     body(app.test_client().get("/s", buffered=False))
     # Once for the view's request, once for the stream's copy of it.
     assert torn_down == ["/s", "/s"]
+
+
+def test_a_stream_iterated_inside_its_request_context_gets_a_copy_of_it(
+    app: Flask, sse: SSE
+) -> None:
+    @app.get("/s")
+    @sse.stream(retry=None)
+    def s() -> Iterator[dict[str, Any]]:
+        yield {"q": request.args["q"], "user": g.user}
+
+    with app.test_request_context("/s?q=inside"):
+        g.user = "grace"
+        response = app.view_functions["s"]()
+        try:
+            out = b"".join(response.response)
+        finally:
+            response.close()
+        assert request.args["q"] == "inside"  # the view's own context is intact
+    assert out == b':\n\ndata: {"q": "inside", "user": "grace"}\n\n'
