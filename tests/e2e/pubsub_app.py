@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import gc
 import os
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import gevent
@@ -26,7 +28,7 @@ app.config.update(
     SSE_HISTORY_SIZE=3000,
     SSE_QUEUE_SIZE=200,
     SSE_WRITE_TIMEOUT=2,
-    SSE_MAX_CONNECTIONS=1000,
+    SSE_MAX_CONNECTIONS=5000,
 )
 sse = SSE(app)
 app.register_blueprint(sse.blueprint, url_prefix="/events")
@@ -89,6 +91,27 @@ def publish_sequence() -> dict[str, Any]:
     if args.get("wait"):
         worker.join()
     return {"started": True}
+
+
+RECORD_DIR = os.environ.get("SSE_TEST_RECORD_DIR")
+
+
+@app.get("/blocked")
+@sse.stream
+def blocked() -> Iterator[str]:
+    """Say hello, then block; the ``finally`` leaves a file named by ``token``.
+
+    A file, not memory: the tests read it after the worker process is gone.
+    """
+    token = request.args["token"]
+    try:
+        yield f"hello from {os.getpid()}"
+        gevent.sleep(600)
+        yield "never"
+    finally:
+        if RECORD_DIR is not None:
+            with open(os.path.join(RECORD_DIR, f"{token}.final"), "w") as record:
+                record.write(str(time.monotonic()))
 
 
 @app.post("/publish-from-thread")
