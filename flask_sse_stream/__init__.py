@@ -1,19 +1,14 @@
-"""Server-Sent Events for Flask, served by gevent."""
+"""Server-Sent Events for Flask, served by gevent.
 
-from .broker import (
-    RESET_EVENT,
-    Broker,
-    BrokerClosedError,
-    BrokerStats,
-    MemoryBroker,
-    Subscription,
-)
-from .channels import InvalidChannelError
-from .errors import ConfigError, InvalidEventError, SSEError
-from .event import Comment, Event
-from .extension import SSE
-from .server import serve
-from .stream import CloseReason
+The public names load on first use, so that ``python -m flask_sse_stream``
+and the ``flask-sse-stream`` command can patch the process with gevent
+before Flask, Werkzeug or any socket module is imported.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
@@ -34,3 +29,50 @@ __all__ = [
     "Subscription",
     "serve",
 ]
+
+_HOMES = {
+    "RESET_EVENT": ".broker",
+    "Broker": ".broker",
+    "BrokerClosedError": ".broker",
+    "BrokerStats": ".broker",
+    "MemoryBroker": ".broker",
+    "Subscription": ".broker",
+    "InvalidChannelError": ".channels",
+    "ConfigError": ".errors",
+    "InvalidEventError": ".errors",
+    "SSEError": ".errors",
+    "Comment": ".event",
+    "Event": ".event",
+    "SSE": ".extension",
+    "serve": ".server",
+    "CloseReason": ".stream",
+}
+
+if TYPE_CHECKING:
+    from .broker import (
+        RESET_EVENT,
+        Broker,
+        BrokerClosedError,
+        BrokerStats,
+        MemoryBroker,
+        Subscription,
+    )
+    from .channels import InvalidChannelError
+    from .errors import ConfigError, InvalidEventError, SSEError
+    from .event import Comment, Event
+    from .extension import SSE
+    from .server import serve
+    from .stream import CloseReason
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(home, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

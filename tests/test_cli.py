@@ -125,3 +125,21 @@ def test_main_rejects_bad_arguments(argv: list[str], capsys: pytest.CaptureFixtu
         main(argv)
     assert info.value.code == 2
     assert "usage:" in capsys.readouterr().err
+
+
+def test_the_entry_point_patches_before_flask_is_imported() -> None:
+    """``python -m flask_sse_stream`` imports the package first: it must stay light."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, flask_sse_stream\n"
+        "assert 'flask' not in sys.modules and 'gevent' not in sys.modules, sorted(sys.modules)\n"
+        "import flask_sse_stream.__main__\n"
+        "from gevent import monkey\n"
+        "assert monkey.is_module_patched('socket')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code], capture_output=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr.decode()
