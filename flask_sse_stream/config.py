@@ -27,6 +27,11 @@ Key                        Default  Meaning
                                     (``withCredentials``); not with ``"*"``.
 ``SSE_METRICS``            False    Serve ``sse.stats()`` in Prometheus text
                                     format at the blueprint's ``/metrics``.
+``SSE_BROKER_URL``         ``None`` ``redis://host:port/db`` (or ``rediss://``,
+                                    ``unix://``) to share events between
+                                    processes through Redis; ``None``: the
+                                    in-process broker.
+``SSE_KEY_PREFIX``         ``sse:`` Prefix of every Redis key the broker uses.
 =========================  =======  ==============================================
 
 The keys are read once, by :meth:`SSE.init_app`; change them before that.
@@ -53,6 +58,8 @@ DEFAULTS: Mapping[str, Any] = {
     "SSE_CORS_ORIGINS": (),
     "SSE_CORS_CREDENTIALS": False,
     "SSE_METRICS": False,
+    "SSE_BROKER_URL": None,
+    "SSE_KEY_PREFIX": "sse:",
 }
 
 
@@ -110,6 +117,25 @@ def origins(name: str, value: Any) -> frozenset[str] | None:
     return frozenset(value)
 
 
+def broker_url(name: str, value: Any) -> str | None:
+    """Check a broker URL: ``None`` (in-process) or a Redis URL."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(
+            f"{name} must be None (the in-process broker) or a Redis URL such as "
+            f"'redis://localhost:6379/0', got {str(value)[:80]!r}"
+        )
+    return value
+
+
+def text(name: str, value: Any) -> str:
+    """Check a non-empty string."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{name} must be a non-empty string, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """The checked ``SSE_*`` settings of one application."""
@@ -125,6 +151,8 @@ class Config:
     """Allowed origins; ``None`` means any origin."""
     cors_credentials: bool = False
     metrics: bool = False
+    broker_url: str | None = None
+    key_prefix: str = "sse:"
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any]) -> Config:
@@ -146,6 +174,8 @@ class Config:
             cors_origins=origins("SSE_CORS_ORIGINS", get("SSE_CORS_ORIGINS")),
             cors_credentials=flag("SSE_CORS_CREDENTIALS", get("SSE_CORS_CREDENTIALS")),
             metrics=flag("SSE_METRICS", get("SSE_METRICS")),
+            broker_url=broker_url("SSE_BROKER_URL", get("SSE_BROKER_URL")),
+            key_prefix=text("SSE_KEY_PREFIX", get("SSE_KEY_PREFIX")),
         ).checked()
 
     def checked(self) -> Config:

@@ -23,6 +23,8 @@ def test_defaults() -> None:
         cors_origins=frozenset(),
         cors_credentials=False,
         metrics=False,
+        broker_url=None,
+        key_prefix="sse:",
     )
     assert set(DEFAULTS) == {
         "SSE_HEARTBEAT_INTERVAL",
@@ -35,6 +37,8 @@ def test_defaults() -> None:
         "SSE_CORS_ORIGINS",
         "SSE_CORS_CREDENTIALS",
         "SSE_METRICS",
+        "SSE_BROKER_URL",
+        "SSE_KEY_PREFIX",
     }
 
 
@@ -56,6 +60,8 @@ def test_defaults() -> None:
             frozenset({"https://a.example", "http://b.example:8080"}),
         ),
         ("SSE_METRICS", True, "metrics", True),
+        ("SSE_BROKER_URL", "redis://h:6379/0", "broker_url", "redis://h:6379/0"),
+        ("SSE_KEY_PREFIX", "app1:", "key_prefix", "app1:"),
     ],
 )
 def test_accepted_values(key: str, value: Any, attribute: str, expected: Any) -> None:
@@ -74,6 +80,9 @@ def test_accepted_values(key: str, value: Any, attribute: str, expected: Any) ->
         ("SSE_CORS_ORIGINS", ["a.example"]),
         ("SSE_CORS_CREDENTIALS", "yes"),
         ("SSE_METRICS", 1),
+        ("SSE_BROKER_URL", "localhost:6379"),
+        ("SSE_BROKER_URL", "memcached://x"),
+        ("SSE_KEY_PREFIX", ""),
     ],
 )
 def test_refused_values_name_the_key(key: str, value: Any) -> None:
