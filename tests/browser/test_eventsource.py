@@ -1,0 +1,283 @@
+"""A real ``EventSource`` in headless Chromium against our runner and gunicorn.
+
+The page (``page.html``, served by the test app) opens one ``EventSource``
+and records every event it dispatches, so these tests see exactly what a
+browser's script sees: which listener got an event, its data, its
+``lastEventId``, how often the source opened, and its ``readyState``.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from e2e.helpers import HOST, Server, wait_for
+
+from .servers import APP, LIVE, start_gunicorn
+
+try:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+except ImportError:  # the browser fixture skips, or fails in CI
+    PlaywrightTimeoutError = TimeoutError
+
+pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.timeout(30)]
+
+RETRY_MS = 300
+"""``SSE_RETRY`` of the test app."""
+
+
+def post(server: Server, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    conn = http.client.HTTPConnection(HOST, server.port, timeout=10)
+    try:
+        conn.request(
+            "POST",
+            path,
+            body=json.dumps(body),
+            headers={"Content-Type": "application/json", "Connection": "close"},
+        )
+        response = conn.getresponse()
+        data = response.read()
+        assert response.status == 200, data
+        return json.loads(data)  # type: ignore[no-any-return]
+    finally:
+        conn.close()
+
+
+def open_source(page: Any, server: Server, src: str, listen: tuple[str, ...] = ()) -> None:
+    """Load the test page, which opens an ``EventSource`` on ``src``; wait until it is open."""
+    page.goto(
+        f"http://{HOST}:{server.port}/page?src={quote(src, safe='')}&listen={','.join(listen)}"
+    )
+    page.wait_for_function("window.opens >= 1")
+
+
+def received(page: Any) -> list[dict[str, str]]:
+    return page.evaluate("window.received")  # type: ignore[no-any-return]
+
+
+def stream_requests(server: Server, path: str, query: str) -> list[dict[str, Any]]:
+    """The stream requests the server got for ``path?query``, in order."""
+    return [r for r in server.state()["requests"] if r["path"] == path and r["query"] == query]
+
+
+def channel_name() -> str:
+    return f"c{uuid.uuid4().hex[:12]}"
+
+
+def test_events_render_and_named_events_reach_their_own_listener(page: Any, runner: Server) -> None:
+    channel = channel_name()
+    open_source(page, runner, f"/events?channel={channel}", listen=("tick",))
+    for data, event in [("plain", None), ("t1", "tick"), ("unheard", "tock"), ("last", None)]:
+        post(runner, "/publish", {"channel": channel, "data": data, "event": event})
+    page.wait_for_function("window.received.some((e) => e.data === 'last')")
+
+    got = [(e["type"], e["data"]) for e in received(page)]
+    # "tock" has no listener: it must not fall back to onmessage.
+    assert got == [("message", "plain"), ("tick", "t1"), ("message", "last")]
+    log = page.get_by_test_id("log").locator("li")
+    assert log.all_text_contents() == ["plain", "t1", "last"]
+    assert [log.nth(i).get_attribute("data-type") for i in range(3)] == [
+        "message",
+        "tick",
+        "message",
+    ]
+    ids = [e["id"] for e in received(page)]
+    assert len(set(ids)) == 3
+    assert all(ids)
+
+
+# What the browser must dispatch for each published text: one message event,
+# its line ends normalised to LF by the event-stream parser, nothing else.
+INJECTIONS = {
+    "hello\r\n\r\nevent: admin\r\ndata: pwned": "hello\n\nevent: admin\ndata: pwned",
+    "one\rtwo": "one\ntwo",
+    "line\u2028separator": "line\u2028separator",
+}
+
+
+def test_injection_payloads_arrive_as_one_message_each(page: Any, runner: Server) -> None:
+    channel = channel_name()
+    open_source(page, runner, f"/events?channel={channel}", listen=("admin",))
+    for data in [*INJECTIONS, "end"]:
+        post(runner, "/publish", {"channel": channel, "data": data})
+    page.wait_for_function("window.received.some((e) => e.data === 'end')")
+
+    got = [(e["type"], e["data"]) for e in received(page)]
+    assert got == [("message", text) for text in [*INJECTIONS.values(), "end"]]
+    assert page.get_by_test_id("log").locator("li").count() == 4
+
+
+def test_after_a_cut_the_browser_waits_the_retry_sent_and_resumes_from_its_last_id(
+    page: Any, runner: Server
+) -> None:
+    channel = channel_name()
+    query = f"channel={channel}"
+    open_source(page, runner, f"/events?{query}")
+    ids = post(runner, "/publish", {"channel": channel, "start": 1, "count": 3})["ids"]
+    page.wait_for_function("window.received.length >= 3")
+
+    # The server ends the stream with a last `retry: 1500` (the stream
+    # opened with 300) and publishes 4..6 while the browser is away.
+    retry = 1500
+    cut = post(runner, "/debug/cut", {"retry": retry, "channel": channel, "start": 4, "count": 3})
+    assert cut["streams"] >= 1
+    page.wait_for_function("window.opens >= 2 && window.received.length >= 6")
+    post(runner, "/publish", {"channel": channel, "start": 7, "count": 2})
+    page.wait_for_function("window.received.length >= 8")
+
+    assert [e["data"] for e in received(page)] == [str(n) for n in range(1, 9)]
+    assert [e["type"] for e in received(page)] == ["message"] * 8
+    assert page.evaluate("window.opens") == 2
+    first, again = stream_requests(runner, "/events", query)
+    assert first["last_event_id"] is None
+    assert again["last_event_id"] == ids[-1]
+    waited = again["at"] - cut["at"]
+    # Chromium honours the latest retry: field; the upper bound is generous.
+    assert retry / 1000 - 0.05 <= waited < retry / 1000 + 2, waited
+    assert page.get_by_test_id("log").locator("li").count() == 8
+
+
+def test_the_reset_signal_for_an_evicted_id_reaches_the_page(page: Any, runner: Server) -> None:
+    channel = channel_name()
+    query = f"channel={channel}"
+    open_source(page, runner, f"/events?{query}", listen=("sse-reset",))
+    ids = post(runner, "/publish", {"channel": channel, "start": 1, "count": 2})["ids"]
+    page.wait_for_function("window.received.length >= 2")
+
+    # 25 events while the browser is away: more than SSE_HISTORY_SIZE (20),
+    # so the page's last id falls out of the history.
+    post(runner, "/debug/cut", {"retry": RETRY_MS, "channel": channel, "start": 3, "count": 25})
+    page.wait_for_function("window.received.some((e) => e.type === 'sse-reset')")
+    post(runner, "/publish", {"channel": channel, "data": "after"})
+    page.wait_for_function("window.received.some((e) => e.data === 'after')")
+
+    got = received(page)
+    assert [(e["type"], e["data"]) for e in got] == [
+        ("message", "1"),
+        ("message", "2"),
+        ("sse-reset", ""),
+        ("message", "after"),
+    ]
+    reset_id = got[2]["id"]
+    assert reset_id
+    assert reset_id not in ids
+    assert stream_requests(runner, "/events", query)[-1]["last_event_id"] == ids[-1]
+
+
+def test_a_stream_ended_for_good_with_204_stops_the_browser_reconnecting(
+    page: Any, runner: Server
+) -> None:
+    token = uuid.uuid4().hex
+    open_source(page, runner, f"/finite?token={token}")
+    page.wait_for_function("window.source.readyState === EventSource.CLOSED")
+
+    assert [(e["data"], e["id"]) for e in received(page)] == [("1", "f1"), ("2", "f2"), ("3", "f3")]
+    assert page.get_by_test_id("state").text_content() == "closed"
+    first, again = stream_requests(runner, "/finite", f"token={token}")
+    assert first["last_event_id"] is None
+    assert again["last_event_id"] == "f3"
+    assert again["at"] - first["at"] >= RETRY_MS / 1000 - 0.05
+
+
+def test_eventsource_close_makes_the_producer_clean_up_at_once(page: Any, runner: Server) -> None:
+    token = uuid.uuid4().hex
+    open_source(page, runner, f"/blocked?token={token}")
+    page.wait_for_function("window.received.length >= 1")
+    state = runner.state()
+    assert token in state["started"]
+    assert token not in state["finalized"]
+
+    page.evaluate("window.source.close()")
+    closed_at = time.monotonic()
+    finalized = wait_for(
+        lambda: runner.state()["finalized"].get(token),
+        timeout=5,
+        interval=0.02,
+        message="the producer's finally did not run after EventSource.close()",
+    )
+    assert finalized - closed_at < 1.0
+    assert runner.state()["closed"][token] == "disconnect"
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Path:
+    path = tmp_path / "journal"
+    path.write_text("")
+    return path
+
+
+@pytest.fixture
+def gunicorn(tmp_path: Path, journal: Path) -> Iterator[Server]:
+    server = start_gunicorn(APP, tmp_path, env={"BROWSER_TEST_JOURNAL": str(journal)})
+    LIVE.append(server)
+    try:
+        yield server
+    finally:
+        LIVE.remove(server)
+        server.stop()
+
+
+def append(journal: Path, *lines: str) -> None:
+    with journal.open("a") as file:
+        file.write("".join(f"{line}\n" for line in lines))
+
+
+# The server fixture comes before ``page``, so the page closes first: the
+# server then stops without a browser reconnecting to it.
+
+
+def test_after_a_worker_is_killed_the_browser_resumes_on_the_next_one_without_loss(
+    gunicorn: Server, journal: Path, page: Any
+) -> None:
+    append(journal, "1", "2", "3")
+    open_source(page, gunicorn, "/journal")
+    page.wait_for_function("window.received.length >= 3")
+    worker = gunicorn.state()["pid"]
+
+    os.kill(worker, signal.SIGKILL)
+    append(journal, "4", "5", "6")  # published while no worker serves
+    page.wait_for_function("window.opens >= 2 && window.received.length >= 6")
+    append(journal, "7")
+    page.wait_for_function("window.received.length >= 7")
+
+    got = received(page)
+    assert [e["data"] for e in got] == [str(n) for n in range(1, 8)]
+    assert [e["id"] for e in got] == [str(n) for n in range(1, 8)]
+    state = gunicorn.state()
+    assert state["pid"] != worker
+    # The new worker saw only the reconnect, with the last id the page had.
+    assert [r["last_event_id"] for r in state["requests"] if r["path"] == "/journal"] == ["3"]
+    assert page.evaluate("window.opens") == 2
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=PlaywrightTimeoutError,
+    reason="flask_sse_stream/gunicorn_conf.py drains once: Chromium reconnects on the "
+    "kept-alive connection, and the stopping worker serves it a new stream that is never "
+    "drained and runs until graceful_timeout",
+)
+def test_after_a_hup_reload_the_browser_moves_to_a_new_worker_at_once(
+    gunicorn: Server, page: Any
+) -> None:
+    token = uuid.uuid4().hex
+    open_source(page, gunicorn, f"/blocked?token={token}")
+    page.wait_for_function("window.received.length >= 1")
+    old = gunicorn.state()["pid"]
+
+    gunicorn.signal(signal.SIGHUP)
+    # Drained with a retry of 1 to 2 s, the page reconnects; well before
+    # graceful_timeout (10 s) a new worker must be serving it.
+    page.wait_for_function(
+        f"window.received.some((e) => e.data.startsWith('hello') && e.data !== 'hello from {old}')",
+        timeout=7000,
+    )
