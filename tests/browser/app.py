@@ -33,6 +33,10 @@ app.config.update(
     SSE_HISTORY_SIZE=20,
     SSE_WRITE_TIMEOUT=2,
 )
+ORIGIN = os.environ.get("BROWSER_TEST_ORIGIN")
+"""The origin of the test page, allowed to open streams cross-origin with cookies."""
+if ORIGIN:
+    app.config.update(SSE_CORS_ORIGINS=[ORIGIN], SSE_CORS_CREDENTIALS=True)
 sse = SSE(app)
 app.register_blueprint(sse.blueprint, url_prefix="/events")
 
@@ -49,11 +53,13 @@ closed: dict[str, str] = {}
 
 @app.before_request
 def _record_request() -> None:
-    if request.method == "GET" and request.path not in ("/health", "/debug/state", "/page"):
+    if request.method != "POST" and request.path not in ("/health", "/debug/state", "/page"):
         requests.append(
             {
+                "method": request.method,
                 "path": request.path,
                 "query": request.query_string.decode(),
+                "origin": request.headers.get("Origin"),
                 "last_event_id": request.headers.get("Last-Event-ID"),
                 "at": time.monotonic(),
             }

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e.helpers import Server
+from e2e.helpers import HOST, Server, free_port
 
 from .servers import APP, LIVE, start_runner
 
@@ -108,7 +108,14 @@ def page(browser: Any) -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def runner(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The browser test app under our runner, for the whole session."""
-    server = start_runner(APP, tmp_path_factory.mktemp("browser-runner"))
+    port = free_port()
+    # Pages come from 127.0.0.1; a stream on localhost is cross-origin.
+    server = start_runner(
+        APP,
+        tmp_path_factory.mktemp("browser-runner"),
+        port=port,
+        env={"BROWSER_TEST_ORIGIN": f"http://{HOST}:{port}"},
+    )
     LIVE.append(server)
     yield server
     LIVE.remove(server)

@@ -52,11 +52,14 @@ def post(server: Server, path: str, body: dict[str, Any]) -> dict[str, Any]:
         conn.close()
 
 
-def open_source(page: Any, server: Server, src: str, listen: tuple[str, ...] = ()) -> None:
+def open_source(
+    page: Any, server: Server, src: str, listen: tuple[str, ...] = (), credentials: bool = False
+) -> None:
     """Load the test page, which opens an ``EventSource`` on ``src``; wait until it is open."""
-    page.goto(
-        f"http://{HOST}:{server.port}/page?src={quote(src, safe='')}&listen={','.join(listen)}"
-    )
+    query = f"src={quote(src, safe='')}&listen={','.join(listen)}"
+    if credentials:
+        query += "&credentials"
+    page.goto(f"http://{HOST}:{server.port}/page?{query}")
     page.wait_for_function("window.opens >= 1")
 
 
@@ -144,6 +147,26 @@ def test_after_a_cut_the_browser_waits_the_retry_sent_and_resumes_from_its_last_
     # Chromium honours the latest retry: field; the upper bound is generous.
     assert retry / 1000 - 0.05 <= waited < retry / 1000 + 2, waited
     assert page.get_by_test_id("log").locator("li").count() == 8
+
+
+def test_a_cross_origin_stream_with_credentials_resumes_with_last_event_id_without_preflight(
+    page: Any, runner: Server
+) -> None:
+    """The page is on 127.0.0.1, the stream on localhost; the app allows the page's origin."""
+    channel = channel_name()
+    query = f"channel={channel}"
+    open_source(page, runner, f"http://localhost:{runner.port}/events?{query}", credentials=True)
+    ids = post(runner, "/publish", {"channel": channel, "start": 1, "count": 2})["ids"]
+    page.wait_for_function("window.received.length >= 2")
+    post(runner, "/debug/cut", {"retry": RETRY_MS, "channel": channel, "start": 3, "count": 2})
+    page.wait_for_function("window.opens >= 2 && window.received.length >= 4")
+
+    assert [e["data"] for e in received(page)] == ["1", "2", "3", "4"]
+    seen = [r for r in runner.state()["requests"] if r["query"] == query]
+    # Chromium sends Last-Event-ID on the reconnect without a CORS preflight.
+    assert [r["method"] for r in seen] == ["GET", "GET"]
+    assert {r["origin"] for r in seen} == {f"http://{HOST}:{runner.port}"}
+    assert seen[1]["last_event_id"] == ids[-1]
 
 
 def test_the_reset_signal_for_an_evicted_id_reaches_the_page(page: Any, runner: Server) -> None:
