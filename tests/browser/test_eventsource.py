@@ -169,6 +169,49 @@ def test_a_cross_origin_stream_with_credentials_resumes_with_last_event_id_witho
     assert seen[1]["last_event_id"] == ids[-1]
 
 
+def test_six_streams_per_host_over_http_1_1_and_one_stream_carries_many_channels(
+    page: Any, runner: Server
+) -> None:
+    """Chromium opens at most six HTTP/1.1 connections per host; a seventh
+    EventSource waits for one of them. One EventSource subscribed to seven
+    channels needs one connection."""
+    channels = [channel_name() for _ in range(7)]
+    query = "&".join(f"channel={c}" for c in channels)
+    open_source(page, runner, f"/events?{query}")
+    token = uuid.uuid4().hex
+    # Six more streams: with the one above, seven to the same host.
+    page.evaluate(
+        """(token) => { window.extra = [0, 1, 2, 3, 4, 5].map(
+            (i) => new EventSource(`/blocked?token=${token}-${i}`)); }""",
+        token,
+    )
+    page.wait_for_function(
+        "window.extra.filter((s) => s.readyState === EventSource.OPEN).length === 5"
+    )
+
+    def started() -> list[str]:
+        return [t for t in runner.state()["started"] if t.startswith(token)]
+
+    wait_for(lambda: len(started()) >= 5, timeout=5)
+    waiting = page.evaluate(
+        "window.extra.map((s, i) => [i, s.readyState]).filter(([, r]) => r !== 1)"
+    )
+    assert len(started()) == 5
+    assert len(waiting) == 1
+    assert waiting[0][1] == 0  # CONNECTING
+
+    for n, channel in enumerate(channels):
+        post(runner, "/publish", {"channel": channel, "data": str(n)})
+    page.wait_for_function("window.received.length >= 7")
+    assert sorted(e["data"] for e in received(page)) == [str(n) for n in range(7)]
+
+    # Close one of the open streams: the waiting one gets its connection.
+    last = waiting[0][0]
+    page.evaluate(f"window.extra[{(last + 1) % 6}].close()")
+    page.wait_for_function(f"window.extra[{last}].readyState === EventSource.OPEN")
+    wait_for(lambda: len(started()) == 6, timeout=5)
+
+
 def test_the_reset_signal_for_an_evicted_id_reaches_the_page(page: Any, runner: Server) -> None:
     channel = channel_name()
     query = f"channel={channel}"
