@@ -835,6 +835,7 @@ class RedisBroker(LocalFanOut):
                 conn.connect()
                 self._recover(conn, resubscribe=True)
                 if failures:
+                    self._reconnects += 1
                     log.warning("Reconnected to Redis at %s", self._where)
                 failures = 0
                 self._up = True

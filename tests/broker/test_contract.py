@@ -47,7 +47,7 @@ def assert_reset(event: Event) -> None:
     assert event.encode().count(b"\n\n") == 1
 
 
-def test_the_memory_broker_is_a_broker(broker: Broker) -> None:
+def test_the_broker_is_a_broker(broker: Broker) -> None:
     assert isinstance(broker, Broker)
     with broker.subscribe(["c"]) as subscription:
         assert isinstance(subscription, Subscription)
