@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import os
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
@@ -76,8 +78,42 @@ class _AppState:
 
     extension: SSE
     config: Config
-    broker: Broker
     closed: Counter[str] = field(default_factory=Counter)
+    _broker: Broker | None = None
+    _broker_pid: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def broker(self) -> Broker:
+        """This process's broker, made on first use.
+
+        Not in ``init_app``: an app built before gunicorn forks its workers
+        (``--preload``) or before gevent patches the process would otherwise
+        share one broker, and one Redis connection, between processes.
+        """
+        broker = self._broker
+        if broker is None or self._broker_pid != os.getpid():
+            with self._lock:
+                if self._broker is None or self._broker_pid != os.getpid():
+                    self._broker = make_broker(self.config)
+                    self._broker_pid = os.getpid()
+                broker = self._broker
+        return broker
+
+
+def make_broker(config: Config) -> Broker:
+    """Build the broker ``SSE_BROKER_URL`` names (the in-process one when unset)."""
+    url = config.broker_url
+    if url is None:
+        return MemoryBroker(history_size=config.history_size, queue_size=config.queue_size)
+    from .broker.redis import RedisBroker  # needs the redis extra
+
+    return RedisBroker(
+        url,
+        history_size=config.history_size,
+        queue_size=config.queue_size,
+        key_prefix=config.key_prefix,
+    )
 
 
 def _flask_context_factory() -> Callable[[], AbstractContextManager[Any]]:
@@ -143,9 +179,7 @@ class SSE:
         """Read the ``SSE_*`` configuration of ``app`` and register with it."""
         for key, value in _config.DEFAULTS.items():
             app.config.setdefault(key, value)
-        config = Config.from_mapping(app.config)
-        broker = MemoryBroker(history_size=config.history_size, queue_size=config.queue_size)
-        app.extensions["sse"] = _AppState(self, config, broker)
+        app.extensions["sse"] = _AppState(self, Config.from_mapping(app.config))
 
     @property
     def config(self) -> Config:
