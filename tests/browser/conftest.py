@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from e2e.helpers import HOST, Server, free_port
 
-from .servers import APP, LIVE, start_runner
+from .servers import APP, LIVE, skip_or_fail, start_runner
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -40,13 +40,6 @@ def _missing() -> str | None:
     except ImportError:
         return "Playwright for Python is not installed (pip install -e '.[test]')"
     return None
-
-
-def skip_or_fail(reason: str) -> None:
-    """Skip, or fail when running in CI, where nothing may be skipped."""
-    if os.environ.get("CI"):
-        pytest.fail(f"CI must run the browser tests, but: {reason}", pytrace=False)
-    pytest.skip(reason)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from e2e.helpers import ROOT, Server, free_port
 
 GUNICORN_CONF = "python:flask_sse_stream.gunicorn_conf"
@@ -22,6 +23,13 @@ APP = "tests.browser.app:app"
 LIVE: list[Server] = []
 """Servers the browser tests started and that are running; each ``page``
 fixture waits, when its test ends, until they have no stream open."""
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip, or fail when running in CI, where nothing may be skipped."""
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must run the browser tests, but: {reason}", pytrace=False)
+    pytest.skip(reason)
 
 
 def runner_command(app: str, port: int) -> list[str]:

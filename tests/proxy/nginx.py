@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import signal
+import ssl
 import subprocess
 import time
 from collections.abc import Callable
@@ -112,8 +113,13 @@ NginxFactory = Callable[..., Nginx]
 """The ``nginx_factory`` fixture: ``start(set_directives=..., remove=...)``."""
 
 
-def start_nginx(binary: str, site: str, prefix: Path, port: int, timeout: float = 10.0) -> Nginx:
-    """Run nginx with ``site`` (which listens on ``port``); wait until it proxies ``/health``."""
+def start_nginx(
+    binary: str, site: str, prefix: Path, port: int, *, https: bool = False, timeout: float = 10.0
+) -> Nginx:
+    """Run nginx with ``site`` (which listens on ``port``); wait until it proxies ``/health``.
+
+    ``https``: the listener has TLS (any certificate is accepted here).
+    """
     (prefix / "temp").mkdir(parents=True, exist_ok=True)
     (prefix / "site.conf").write_text(site)
     (prefix / "nginx.conf").write_text(MAIN.format(prefix=prefix))
@@ -135,7 +141,13 @@ def start_nginx(binary: str, site: str, prefix: Path, port: int, timeout: float 
                 + nginx.error_log()
             )
         try:
-            conn = http.client.HTTPConnection(HOST, port, timeout=1)
+            conn = (
+                http.client.HTTPSConnection(
+                    HOST, port, timeout=1, context=ssl._create_unverified_context()
+                )
+                if https
+                else http.client.HTTPConnection(HOST, port, timeout=1)
+            )
             try:
                 conn.request("GET", "/health")
                 if conn.getresponse().status == 200:
