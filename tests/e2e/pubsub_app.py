@@ -15,7 +15,7 @@ from typing import Any
 
 import gevent
 import greenlet
-from flask import Flask, request
+from flask import Flask, Response, request
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from flask_sse_stream import SSE
@@ -30,8 +30,17 @@ app.config.update(
     SSE_WRITE_TIMEOUT=2,
     SSE_MAX_CONNECTIONS=5000,
 )
+if os.environ.get("SSE_TEST_BROKER_URL"):
+    app.config["SSE_BROKER_URL"] = os.environ["SSE_TEST_BROKER_URL"]
+    app.config["SSE_KEY_PREFIX"] = os.environ.get("SSE_KEY_PREFIX", "sse:")
 sse = SSE(app)
 app.register_blueprint(sse.blueprint, url_prefix="/events")
+
+
+@app.after_request
+def _tell_the_worker(response: Response) -> Response:
+    response.headers["X-Worker"] = str(os.getpid())
+    return response
 
 
 # A second app, mounted at /limited, that refuses a third open stream in

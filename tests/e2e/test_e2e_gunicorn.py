@@ -21,12 +21,24 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 APP = "tests.e2e.pubsub_app:app"
 
 
-def start_gunicorn(kind: str, tmp_path: Path, *extra: str, workers: int = 1) -> Server:
+def start_gunicorn(
+    kind: str,
+    tmp_path: Path,
+    *extra: str,
+    workers: int = 1,
+    env: dict[str, str] | None = None,
+) -> Server:
+    """gunicorn with our recommended config, serving the pub/sub test app."""
     port = free_port()
     log_path = tmp_path / f"gunicorn-{kind}-{port}.log"
     log = log_path.open("wb")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "SSE_TEST_RECORD_DIR": str(tmp_path)}
-    env.pop("PYTHONWARNINGS", None)
+    environ = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "SSE_TEST_RECORD_DIR": str(tmp_path),
+        **(env or {}),
+    }
+    environ.pop("PYTHONWARNINGS", None)
     command = [
         sys.executable,
         "-m",
@@ -44,7 +56,12 @@ def start_gunicorn(kind: str, tmp_path: Path, *extra: str, workers: int = 1) -> 
         APP,
     ]
     process = subprocess.Popen(
-        command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+        command,
+        cwd=ROOT,
+        env=environ,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     server = Server(kind, port, process, log_path, log)
     try:

@@ -100,6 +100,7 @@ class Subscriber:
         # raw: keep the body's bytes instead of parsing (for bulk transfers)
         self.raw = bytearray() if raw else None
         self.status: int | None = None
+        self.worker: str | None = None
         self.ended = False
 
     def fileno(self) -> int:
@@ -120,6 +121,7 @@ class Subscriber:
                 break
             if isinstance(event, h11.Response):
                 self.status = event.status_code
+                self.worker = dict(event.headers).get(b"x-worker", b"").decode() or None
             elif isinstance(event, h11.Data):
                 if self.raw is not None:
                     self.raw += event.data
