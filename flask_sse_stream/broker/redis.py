@@ -844,22 +844,27 @@ class RedisBroker(LocalFanOut):
                 self._signal_progress()
                 while True:
                     self._on_reply(conn, conn.read_response())
-            except (RedisError, OSError, BrokerUnavailableError) as exc:
+            except Exception as exc:
+                # Closed under the reader (by the writer after a failed
+                # write, or in a forked child): redis-py's parser may then
+                # fail with anything, ValueError included.
+                closed_under_us = not conn.is_connected
                 self._link_down(conn)
+                if self._closed:
+                    return
                 failures += 1
                 delay = self._backoff(failures)
-                log.warning(
-                    "Lost the pub/sub connection to Redis at %s (%s); reconnecting in %.2f s",
-                    self._where,
-                    exc,
-                    delay,
-                )
+                expected = RedisError | OSError | BrokerUnavailableError
+                if closed_under_us or isinstance(exc, expected):
+                    log.warning(
+                        "Lost the pub/sub connection to Redis at %s (%s); reconnecting in %.2f s",
+                        self._where,
+                        exc,
+                        delay,
+                    )
+                else:
+                    log.exception("The Redis pub/sub reader failed; reconnecting in %.2f s", delay)
                 gevent.sleep(delay)
-            except Exception:
-                self._link_down(conn)
-                failures += 1
-                log.exception("The Redis pub/sub reader failed; reconnecting")
-                gevent.sleep(self._backoff(failures))
             except BaseException:
                 self._link_down(conn)
                 raise
@@ -887,6 +892,8 @@ class RedisBroker(LocalFanOut):
     def _sync(self, conn: Any) -> None:
         """Bring Redis's subscriptions in line with the local ones, then PING."""
         with self._lock:
+            if self._orphans:
+                self._release_orphans(self._home_thread)
             desired = self._subscribers.keys() | self._pending.keys()
             generation = self._requested
             recover, self._recover_requested = self._recover_requested, False
@@ -1133,8 +1140,9 @@ class RedisBroker(LocalFanOut):
                 released = True
         if isinstance(sub, _RedisSubscriber):
             sub.buffer = []
-            if self._finalize:
-                self._finalize = deque(entry for entry in self._finalize if entry[1] is not sub)
+            # In place: the reader may be draining this very deque.
+            for entry in [entry for entry in self._finalize if entry[1] is sub]:
+                self._finalize.remove(entry)
         if released:
             self._kick_writer()
 

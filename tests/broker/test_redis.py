@@ -10,6 +10,7 @@ the same port, ``FLUSHALL``, a port nobody listens on.
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import subprocess
@@ -183,7 +184,7 @@ def test_a_publisher_in_a_plain_process_reaches_subscribers(
     got = [take(subscription, count, timeout=30) for subscription in subscriptions]
     out, err = process.communicate(timeout=30)
     assert process.returncode == 0, err.decode()
-    ids = __import__("json").loads(out)
+    ids = json.loads(out)
     for events in got:
         assert [event.id for event in events] == ids
         assert [event.data for event in events] == [f'{{"n": {n}}}' for n in range(count)]
@@ -570,3 +571,56 @@ def test_the_constructor_checks_its_arguments() -> None:
         RedisBroker("http://localhost")
     with pytest.raises(TypeError, match="key_prefix"):
         RedisBroker("redis://", key_prefix=None)  # type: ignore[arg-type]
+
+
+FORK_SCRIPT = """
+from gevent import monkey
+monkey.patch_all()
+
+import json, os, sys
+import gevent
+from flask_sse_stream import Event
+from flask_sse_stream.broker.redis import RedisBroker
+
+broker = RedisBroker(sys.argv[1], key_prefix=sys.argv[2])
+subscription = broker.subscribe(["c"])
+broker.publish("c", Event("0"))
+assert next(subscription).data == "0"
+pid = os.fork()
+if pid == 0:
+    try:
+        broker.publish("c", Event("from the child"))
+        code = 1
+    except RuntimeError as exc:
+        code = 0 if "fork" in str(exc) else 2
+    # The child's hub runs a while: the parent's reader, copied here, must
+    # not read the parent's messages off the shared socket.
+    gevent.sleep(0.5)
+    os._exit(code)
+for n in range(1, 50):
+    broker.publish("c", Event(str(n)))
+    gevent.sleep(0.01)
+got = [next(subscription).data for _ in range(49)]
+_, status = os.waitpid(pid, 0)
+subscription.close()
+broker.close()
+print(json.dumps({"child": os.WEXITSTATUS(status), "got": got}))
+"""
+
+
+@pytest.mark.timeout(30)
+def test_a_forked_child_refuses_the_parents_broker_and_steals_nothing(
+    redis_server: RedisServer,
+) -> None:
+    completed = subprocess.run(
+        [sys.executable, "-c", FORK_SCRIPT, redis_server.url, f"f{uuid.uuid4().hex[:8]}:"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=25,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert result == {"child": 0, "got": [str(n) for n in range(1, 50)]}
+    assert "Traceback" not in completed.stderr
