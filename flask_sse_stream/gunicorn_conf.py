@@ -59,9 +59,14 @@ _POLL = 0.2  # seconds; gunicorn's own loop looks at `alive` once a second
 def _drain_when_stopping(worker: Any) -> None:
     while worker.alive:
         gevent.sleep(_POLL)
-    count = drain(DRAIN_RETRY)
-    if count:
-        worker.log.info("flask-sse-stream: drained %d stream(s)", count)
+    # Until the worker exits: a request already on its way (or on a
+    # connection the worker still serves) may open a stream after the first
+    # drain; it is drained too.
+    while True:
+        count = drain(DRAIN_RETRY)
+        if count:
+            worker.log.info("flask-sse-stream: drained %d stream(s)", count)
+        gevent.sleep(_POLL)
 
 
 def post_worker_init(worker: Any) -> None:

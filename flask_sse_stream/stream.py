@@ -371,6 +371,16 @@ class EventStream:
                 sock.settimeout(self._old_timeout)
             except OSError:
                 pass
+        if sock is not None and self._reason is CloseReason.DRAIN:
+            # The server is stopping: make it close this connection after the
+            # response, or the browser reconnects on the same kept-alive
+            # connection and gets a new stream from this stopping process
+            # (gunicorn keeps serving its open connections). With the read
+            # side shut, the server's wait for the next request ends at once.
+            try:
+                sock.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
         producer, self._producer = self._producer, None
         try:
             producer.kill(block=True, timeout=5)

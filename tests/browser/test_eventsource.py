@@ -325,13 +325,6 @@ def test_after_a_worker_is_killed_the_browser_resumes_on_the_next_one_without_lo
     assert page.evaluate("window.opens") == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=PlaywrightTimeoutError,
-    reason="flask_sse_stream/gunicorn_conf.py drains once: Chromium reconnects on the "
-    "kept-alive connection, and the stopping worker serves it a new stream that is never "
-    "drained and runs until graceful_timeout",
-)
 def test_after_a_hup_reload_the_browser_moves_to_a_new_worker_at_once(
     gunicorn: Server, page: Any
 ) -> None:
