@@ -24,11 +24,6 @@ from e2e.helpers import HOST, Server, wait_for
 
 from .servers import APP, LIVE, start_gunicorn
 
-try:
-    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
-except ImportError:  # the browser fixture skips, or fails in CI
-    PlaywrightTimeoutError = TimeoutError
-
 pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.timeout(30)]
 
 RETRY_MS = 300
