@@ -140,6 +140,7 @@ class Conn:
         "eof",
         "events",
         "first_body_at",
+        "got_event",
         "head",
         "headers_at",
         "key",
@@ -164,6 +165,7 @@ class Conn:
         self.body = False
         self.sse = SSEDecoder()
         self.events: list[tuple[float, bytes, bytes]] = []
+        self.got_event = False
         self.eof = False
 
 
@@ -176,12 +178,19 @@ class Loop:
         self.selector = selectors.DefaultSelector()
         self.conns: list[Conn] = []
         self.connecting = 0  # sent, no first body byte yet
+        self.settled = 0  # connections with a first event, or lost before one
 
-    def open(self, key: str, path: str) -> Conn:
-        request = (
-            f"GET {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-            "Accept: text/event-stream\r\n\r\n"
-        ).encode()
+    def open(self, key: str, path: str, method: str = "GET") -> Conn:
+        if method == "GET":
+            request = (
+                f"GET {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+                "Accept: text/event-stream\r\n\r\n"
+            ).encode()
+        else:  # a short request, answered and closed
+            request = (
+                f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+                "Content-Length: 0\r\nConnection: close\r\n\r\n"
+            ).encode()
         conn = Conn(key, request)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setblocking(False)
@@ -244,8 +253,12 @@ class Loop:
             if not conn.first_body_at:
                 conn.first_body_at = now
                 self.connecting -= 1
-            for event, value in conn.sse.feed(payload):
-                conn.events.append((now, event, value))
+            events = conn.sse.feed(payload)
+            if events:
+                conn.events += [(now, event, value) for event, value in events]
+                if not conn.got_event:
+                    conn.got_event = True
+                    self.settled += 1
         if conn.chunked is not None and conn.chunked.done:
             self._lost(conn)
 
@@ -267,6 +280,8 @@ class Loop:
         return head[end + 4 :]
 
     def _lost(self, conn: Conn) -> None:
+        if not conn.got_event and not conn.eof:
+            self.settled += 1
         conn.eof = True
         if not conn.first_body_at:
             self.connecting -= 1
@@ -425,9 +440,25 @@ def disconnect(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _flag(path: str | None) -> None:
+    if path:
+        with open(path, "w"):
+            pass
+
+
 def idle(job: dict[str, Any]) -> dict[str, Any]:
-    """S1: worker RSS and CPU time with many idle streams, all proven live."""
-    host, port, pid, count = job["host"], job["port"], job["pid"], job["streams"]
+    """S1: worker RSS and CPU time with many idle streams, all proven live.
+
+    Streams are opened in stages (``sizes``, e.g. 1,000 then 5,000 then
+    10,000 in all); after each stage every stream has delivered its probe
+    event and the RSS is read. The idle CPU is measured at the last stage.
+    A stage that cannot be reached (refused, reset, out of file
+    descriptors, too slow) ends the run with ``failed`` set, not an error.
+    ``extra_pids`` (e.g. the peer's redis-server) are read as well.
+    """
+    host, port, pid = job["host"], job["port"], job["pid"]
+    sizes = job.get("sizes") or [job["streams"]]
+    extra = job.get("extra_pids", {})
     loop = Loop(host, port)
     start = time.monotonic()
     # Warm up first, so that lazy imports and first-use caches are not
@@ -439,36 +470,68 @@ def idle(job: dict[str, Any]) -> dict[str, Any]:
         loop.close(conn)
     loop.pause(job["settle"])
     rss_before = read_rss_kib(pid)
-    opened = time.monotonic()
-    conns = loop.open_many(count, lambda _: path, deadline=opened + 120)
-    live = loop.run(lambda: all(c.events or c.eof for c in conns), opened + 120)
-    proven = sum(1 for c in conns if c.events and not c.eof)
-    open_seconds = time.monotonic() - opened
-    if not live or proven < count:
-        loop.close_all()
-        raise RuntimeError(f"only {proven} of {count} streams delivered their probe event")
-    loop.pause(job["settle"])
-    rss_after = read_rss_kib(pid)
-    comments_before = sum(c.sse.comments for c in conns)
-    cpu_start, wall_start = read_cpu_seconds(pid), time.monotonic()
-    loop.pause(job["window"])
-    cpu_end, wall_end = read_cpu_seconds(pid), time.monotonic()
-    still_open = sum(1 for c in conns if not c.eof)
-    comments = sum(c.sse.comments for c in conns) - comments_before
-    loop.close_all()
-    return {
-        "streams": count,
-        "proven_live": proven,
-        "still_open_after_window": still_open,
-        "open_seconds": open_seconds,
+    extra_before = {name: read_rss_kib(p) for name, p in extra.items()}
+    conns: list[Conn] = []
+    base = loop.settled  # the warm-up streams
+    stages = []
+    failed = None
+    for size in sizes:
+        opened = time.monotonic()
+        try:
+            conns += loop.open_many(size - len(conns), lambda _: path, deadline=opened + 120)
+        except OSError as exc:
+            failed = f"opening stream {len(conns) + 1}: {exc}"
+            break
+        target = base + size
+        loop.run(lambda: loop.settled >= target, opened + 120)  # noqa: B023 - called here
+        proven = sum(1 for c in conns if c.events and not c.eof)
+        if proven < size:
+            failed = f"only {proven} of {size} streams delivered their probe event"
+            break
+        loop.pause(job["settle"])
+        rss = read_rss_kib(pid)
+        stage = {
+            "streams": size,
+            "open_seconds": time.monotonic() - opened,
+            "rss_kib": rss,
+            "kib_per_stream": (rss - rss_before) / size,
+        }
+        for name, extra_pid in extra.items():
+            grown = read_rss_kib(extra_pid) - extra_before[name]
+            stage[f"{name}_kib_per_stream"] = grown / size
+        stages.append(stage)
+    _flag(job.get("opened_flag"))  # tells core.py that the next server may start opening
+    result: dict[str, Any] = {
+        "sizes": sizes,
+        "stages": {str(stage["streams"]): stage for stage in stages},
+        "failed": failed,
         "rss_before_kib": rss_before,
-        "rss_after_kib": rss_after,
-        "kib_per_stream": (rss_after - rss_before) / count,
-        "window_s": wall_end - wall_start,
-        "cpu_s": cpu_end - cpu_start,
-        "cpu_pct": 100 * (cpu_end - cpu_start) / (wall_end - wall_start),
-        "heartbeats_in_window": comments,
     }
+    if failed is None:
+        count = len(conns)
+        comments_before = sum(c.sse.comments for c in conns)
+        cpu_start, wall_start = read_cpu_seconds(pid), time.monotonic()
+        extra_cpu = {name: read_cpu_seconds(p) for name, p in extra.items()}
+        loop.pause(job["window"])
+        cpu_end, wall_end = read_cpu_seconds(pid), time.monotonic()
+        window = wall_end - wall_start
+        result.update(
+            streams=count,
+            still_open_after_window=sum(1 for c in conns if not c.eof),
+            window_s=window,
+            cpu_s=cpu_end - cpu_start,
+            cpu_pct=100 * (cpu_end - cpu_start) / window,
+            heartbeats_in_window=sum(c.sse.comments for c in conns) - comments_before,
+            # The single-size fields the earlier reports read.
+            kib_per_stream=stages[-1]["kib_per_stream"],
+            rss_after_kib=stages[-1]["rss_kib"],
+            open_seconds=stages[-1]["open_seconds"],
+        )
+        for name, extra_pid in extra.items():
+            used = read_cpu_seconds(extra_pid) - extra_cpu[name]
+            result[f"{name}_cpu_pct"] = 100 * used / window
+    loop.close_all()
+    return result
 
 
 def ceiling(job: dict[str, Any]) -> dict[str, Any]:
@@ -493,11 +556,220 @@ def ceiling(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _stamp(data: bytes) -> tuple[float, bytes] | None:
+    """The publish time and tag of a stamped event (see payload.stamped), if it is one."""
+    parts = data.split(b" ", 3)
+    if len(parts) < 4:
+        return None
+    try:
+        return float(parts[0]), parts[2]
+    except ValueError:
+        return None
+
+
+def _cpu() -> float:
+    return time.process_time()
+
+
+class Fanout:
+    """The subscribers of S2 and what they received in the current phase."""
+
+    def __init__(self, loop: Loop, subs: list[Conn]) -> None:
+        self.loop = loop
+        self.subs = subs
+        self.received = [0] * len(subs)
+        self.events: list[tuple[float, bytes, bytes]] = []
+        self.least = 0
+        self._collected = 0.0
+
+    def collect(self, every: float = 0.0) -> int:
+        """Move decoded events out of the connections; return the least received.
+
+        With ``every``, only if that many seconds have passed since the last
+        time: a pass costs O(subscribers), and a loop that makes one per
+        ``select`` would be the bottleneck. Receipt times are taken at
+        ``recv``, so collecting later changes no figure.
+        """
+        now = time.monotonic()
+        if every and now - self._collected < every:
+            return self.least
+        self._collected = now
+        received, events = self.received, self.events
+        for i, conn in enumerate(self.subs):
+            if conn.events:
+                received[i] += len(conn.events)
+                events += conn.events
+                conn.events = []
+        self.least = min(received)
+        return self.least
+
+    def next_phase(self) -> None:
+        self.received = [0] * len(self.subs)
+        self.events = []
+        self.least = 0
+
+    def saturate(self, job: dict[str, Any]) -> dict[str, Any]:
+        loop = self.loop
+        window, burst = job["window"], job["burst"]
+        published = 0
+        requests: list[Conn] = []
+        server0 = read_cpu_seconds(job["pid"])
+        cpu0 = _cpu()
+        start = time.monotonic()
+        end = start + job["sat_seconds"]
+        while True:
+            now = time.monotonic()
+            least = self.collect(every=0.005)
+            for request in [r for r in requests if r.eof]:
+                if request.status != 200:
+                    raise RuntimeError(f"publish answered {request.status}")
+                loop.conns.remove(request)
+                requests.remove(request)
+            if now < end:
+                # Several requests may be in flight: the window, not the
+                # round trip of one request, bounds the publisher.
+                while published + burst - least <= window:
+                    path = f"/bench/publish?count={burst}&tag=s"
+                    requests.append(loop.open("publish", path, "POST"))
+                    published += burst
+            elif (not requests and least >= published) or now > end + job["drain_timeout"]:
+                break
+            for key, mask in loop.selector.select(0.002):
+                loop._ready(key.data, mask)
+        wall, cpu = time.monotonic() - start, _cpu() - cpu0
+        stamps = [st[0] for st in (_stamp(d) for _, _, d in self.events) if st is not None]
+        span = max(t for t, _, _ in self.events) - min(stamps) if stamps else float("nan")
+        delivered = sum(self.received)
+        return {
+            "published": published,
+            "delivered": delivered,
+            "expected": published * len(self.subs),
+            "span_s": span,
+            "delivered_per_s": delivered / span if delivered else 0.0,
+            "client_cpu_pct": 100 * cpu / wall,
+            "server_cpu_pct": 100 * (read_cpu_seconds(job["pid"]) - server0) / wall,
+            "publish_requests": published // burst,
+        }
+
+    def steady(self, job: dict[str, Any]) -> dict[str, Any]:
+        loop = self.loop
+        rate, seconds = job["rate"], job["lat_seconds"]
+        events = int(rate * seconds)
+        path = f"/bench/publish?count={events}&interval={1 / rate}&tag=l"
+        answer = loop.open("steady", path, "POST")
+        server0 = read_cpu_seconds(job["pid"])
+        cpu0, start = _cpu(), time.monotonic()
+        loop.run(lambda: self.collect(every=0.02) >= events, start + seconds + job["drain_timeout"])
+        self.collect()
+        wall, cpu = time.monotonic() - start, _cpu() - cpu0
+        latencies = []
+        for receipt, _, data in self.events:
+            stamp = _stamp(data)
+            if stamp is not None and stamp[1] == b"l":
+                latencies.append(receipt - stamp[0])
+        return {
+            "rate": rate,
+            "events": events,
+            "answer_status": answer.status,
+            "delivered": len(latencies),
+            "expected": events * len(self.subs),
+            "client_cpu_pct": 100 * cpu / wall,
+            "server_cpu_pct": 100 * (read_cpu_seconds(job["pid"]) - server0) / wall,
+            **summary_ms(latencies),
+            "p999_ms": percentile([x * 1000 for x in latencies], 99.9),
+        }
+
+
+def fanout(job: dict[str, Any]) -> dict[str, Any]:
+    """S2: subscribers of one channel; saturation, then a steady rate.
+
+    Phase ``lat`` (first): the server publishes ``rate`` events/s for
+    ``lat_seconds`` on its own schedule (open loop); the latency of every
+    delivery is its receipt time minus the publish time in its data.
+
+    Phase ``sat``: the client publishes bursts of ``burst`` events
+    (``POST /bench/publish``, one request at a time) while at most
+    ``window`` events per subscriber are in flight (published minus the
+    least any subscriber has received), for ``sat_seconds``; delivered
+    events/s = deliveries / (last receipt - first publish).
+    """
+    host, port, count = job["host"], job["port"], job["subscribers"]
+    loop = Loop(host, port)
+    start = time.monotonic()
+    # Some servers send nothing (not even headers) before a first event:
+    # keep every connection in flight.
+    subs = loop.open_many(count, lambda _: job["path"], in_flight=count, deadline=start + 120)
+    # A stream may send nothing before its first event (flask-sse): wait
+    # for the server to count every subscriber instead of a first byte.
+    deadline = time.monotonic() + 60
+    while True:
+        loop.pause(0.05)
+        counted = get_json(host, port, "/bench/subscribers")["subscribers"]
+        if counted >= count:
+            break
+        if time.monotonic() > deadline or any(c.eof for c in subs):
+            loop.close_all()
+            raise RuntimeError(f"only {counted} of {count} subscribers registered")
+    open_seconds = time.monotonic() - start
+    run = Fanout(loop, subs)
+    results: dict[str, Any] = {"subscribers": count, "open_seconds": open_seconds}
+    for _ in range(job.get("rounds", 1)):
+        # The steady rate first: saturation leaves a backlog in a server
+        # that cannot keep up (flask-sse), which would count as latency.
+        run.next_phase()
+        results.setdefault("lat", []).append(run.steady(job))
+        run.next_phase()
+        results.setdefault("sat", []).append(run.saturate(job))
+    results["still_open"] = sum(1 for c in subs if not c.eof)
+    loop.close_all()
+    return results
+
+
+def single(job: dict[str, Any]) -> dict[str, Any]:
+    """S3: one stream of numbered events as fast as the server sends them."""
+    loop = Loop(job["host"], job["port"])
+    start = time.monotonic()
+    conn = loop.open("burst", job.get("path", "/burst"))
+    loop.run(lambda: bool(conn.events) or conn.eof, start + 30)
+    loop.pause(job["warmup"])
+    conn.events = []
+    cpu0, wall0 = _cpu(), time.monotonic()
+    server0 = read_cpu_seconds(job["pid"])
+    first = last = -1
+    gaps = events = 0
+    end = wall0 + job["window"]
+    while time.monotonic() < end and not conn.eof:
+        loop.run(lambda: bool(conn.events), end)
+        # Check the numbering as we go: memory stays flat however fast.
+        for _, _, data in conn.events:
+            number = int(data[:8])
+            if first < 0:
+                first = number
+            elif number != last + 1:
+                gaps += 1
+            last = number
+            events += 1
+        conn.events = []
+    wall, cpu = time.monotonic() - wall0, _cpu() - cpu0
+    loop.close_all()
+    return {
+        "events": events,
+        "window_s": wall,
+        "events_per_s": events / wall,
+        "gaps": gaps,
+        "eof": conn.eof,
+        "client_cpu_pct": 100 * cpu / wall,
+        "server_cpu_pct": 100 * (read_cpu_seconds(job["pid"]) - server0) / wall,
+    }
+
+
 SCENARIOS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "ceiling": ceiling,
     "ttfb": ttfb,
     "disconnect": disconnect,
     "idle": idle,
+    "fanout": fanout,
+    "single": single,
 }
 
 

@@ -1,15 +1,18 @@
-"""The streaming-core benchmarks: S5, S4, S1 and the heartbeat design.
+"""The benchmarks of issue 6: ours against the peers, side by side.
 
 Run from the repository root::
 
-    .venv/bin/python benchmarks/core.py            # full run, < 8 minutes
-    .venv/bin/python benchmarks/core.py --quick    # < 1 minute, for development
+    .venv/bin/python benchmarks/core.py --setup           # once: the peers' venv
+    .venv/bin/python benchmarks/core.py --ref HEAD        # full run, < 15 minutes
+    .venv/bin/python benchmarks/core.py --quick           # < 2 minutes, for development
 
-The full run writes the raw figures to ``benchmarks/results/core.json`` and
-the tables into ``docs/benchmarks.md`` (between the result markers); a
-quick run writes ``benchmarks/results/core-quick.json.tmp`` (ignored by
-git) and prints the tables. ``--only S4,S1`` runs some scenarios; ``--render`` rebuilds the
-document from the JSON without measuring.
+The full run writes the raw figures to ``benchmarks/results/core.json``,
+the tables into ``docs/benchmarks.md`` (between the result markers) and the
+chart ``docs/benchmarks.png``; a quick run writes
+``benchmarks/results/core-quick.json.tmp`` (ignored by git) and prints the
+tables. ``--only S2,S3`` runs some scenarios (C0, S5, S4, S1, S2, S3; HB
+and MEM only on request); ``--render`` rebuilds the document and the chart
+from the JSON without measuring.
 
 Each server runs as its own process (see :mod:`servers`), the load comes
 from separate client processes (see :mod:`client`), and every figure is the
@@ -42,6 +45,7 @@ from servers import ROOT, SERVERS, Server
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 DOC = ROOT / "docs" / "benchmarks.md"
+CHART = ROOT / "docs" / "benchmarks.png"
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,17 @@ class Settings:
     ceiling_connections: tuple[int, ...]
     hb_interval: float
     hb_intervals: int
+    s1_sizes: tuple[int, ...] = (1000, 5000, 10000)
+    s1_window: float = 20.0
+    s2_subscribers: int = 1000
+    s2_sat_seconds: float = 2.0
+    s2_window: int = 100
+    s2_burst: int = 10
+    s2_rate: float = 10.0
+    s2_lat_seconds: float = 4.0
+    s2_drain: float = 3.0
+    s3_window: float = 2.0
+    s3_warmup: float = 0.3
 
 
 FULL = Settings(
@@ -81,7 +96,7 @@ FULL = Settings(
     hb_intervals=4,
 )
 QUICK = Settings(
-    reps=3,
+    reps=1,
     ttfb_connections=20,
     ttfb_block=0.5,
     closes=20,
@@ -96,8 +111,33 @@ QUICK = Settings(
     ceiling_connections=(1,),
     hb_interval=0.2,
     hb_intervals=2,
+    s1_sizes=(100, 300),
+    s1_window=1.0,
+    s2_subscribers=200,
+    s2_sat_seconds=0.5,
+    s2_lat_seconds=1.0,
+    s2_drain=1.0,
+    s3_window=0.3,
+    s3_warmup=0.1,
 )
-STREAM_SERVERS = ("ours", "ours-gunicorn", "naive")
+OURS = ("ours", "ours-gunicorn")
+PEERS = ("naive", "starlette", "flask-sse")
+STREAM_SERVERS = OURS + PEERS
+FANOUT_SERVERS = (*OURS, "ours-redis", "ours-gunicorn-redis", *PEERS)
+SKIPPED: dict[str, str] = {}
+"""Servers that could not run here, and why (reported with the results)."""
+
+
+def runnable(names: Iterable[str]) -> tuple[str, ...]:
+    """The servers of ``names`` that can run here; the others go to :data:`SKIPPED`."""
+    ok = []
+    for name in names:
+        why = SERVERS[name].missing()
+        if why is None:
+            ok.append(name)
+        else:
+            SKIPPED[name] = why
+    return tuple(ok)
 
 
 def log(message: str) -> None:
@@ -221,22 +261,44 @@ def split(names: Iterable[str]) -> tuple[list[str], list[str]]:
 # The scenarios.
 
 
+def _ttfb_job(server: Server, settings: Settings) -> dict[str, Any]:
+    return {
+        "scenario": "ttfb",
+        "host": "127.0.0.1",
+        "port": server.port,
+        "connections": settings.ttfb_connections,
+        "block": settings.ttfb_block,
+        "stagger": 0.005,
+    }
+
+
 def scenario_ttfb(settings: Settings) -> dict[str, Any]:
-    """S5: headers and first bytes while the producer blocks."""
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in STREAM_SERVERS}
-    servers = [Server(SERVERS[name]) for name in STREAM_SERVERS]
+    """S5: headers and first bytes while the producer blocks.
+
+    The peers of one repetition are measured at the same time: each client
+    opens its connections and waits out the block, which costs every
+    server almost nothing; ours are measured one by one meanwhile.
+    """
+    names = runnable(STREAM_SERVERS)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    servers = [Server(SERVERS[name]) for name in names]
     try:
         for rep in range(settings.reps):
+            # The peers send their first bytes only after the block: they
+            # wait side by side, and ours are measured one by one meanwhile,
+            # once the peers' connections are open.
+            waiting = []
             for server in servers:
-                job = {
-                    "scenario": "ttfb",
-                    "host": "127.0.0.1",
-                    "port": server.port,
-                    "connections": settings.ttfb_connections,
-                    "block": settings.ttfb_block,
-                    "stagger": 0.005,
-                }
-                result = run_client(job, timeout=settings.ttfb_block + 60)
+                if not server.spec.ours:
+                    waiting.append((server, start_client(_ttfb_job(server, settings))))
+            time.sleep(min(1.0, settings.ttfb_block / 2))
+            for server in servers:
+                if server.spec.ours:
+                    result = run_client(_ttfb_job(server, settings), timeout=60)
+                    log(f"S5 rep {rep + 1} {server.spec.name}: {result['first_body']}")
+                    runs[server.spec.name].append(result)
+            for server, process in waiting:
+                result = finish_client(process, timeout=settings.ttfb_block + 60)
                 log(f"S5 rep {rep + 1} {server.spec.name}: {result['first_body']}")
                 runs[server.spec.name].append(result)
     finally:
@@ -248,17 +310,19 @@ def scenario_ttfb(settings: Settings) -> dict[str, Any]:
         Metric("headers_p50", "headers complete, p50", "ms", pick("headers", "p50_ms")),
         Metric("ok", "connections with a first byte", "", pick("ok"), lower_is_better=False),
     ]
-    ours, peers = split(STREAM_SERVERS)
+    ours, peers = split(names)
     return {
         "id": "S5",
         "title": f"Time to first byte, producer blocked {settings.ttfb_block:g} s",
         "what": (
             f"{settings.ttfb_connections} connections opened 5 ms apart to a stream "
             f"whose producer sleeps {settings.ttfb_block:g} s before its first event; "
-            "time from connect() to the response headers and to the first body bytes."
+            "time from connect() to the response headers and to the first body bytes. "
+            "The peers of a repetition wait side by side while ours are measured in turn. "
+            "flask-sse: a stream whose channel gets its first event after the block."
         ),
         "params": {"connections": settings.ttfb_connections, "block_s": settings.ttfb_block},
-        "servers": server_commands(STREAM_SERVERS),
+        "servers": server_commands(names),
         "rows": aggregate(runs, metrics, ours, peers),
         "raw": runs,
     }
@@ -282,131 +346,414 @@ def _disconnect_job(server: Server, settings: Settings, rep: int, flag: str) -> 
     }
 
 
-def scenario_disconnect(settings: Settings) -> dict[str, Any]:
-    """S4: from the client's close to the producer's ``finally``."""
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in STREAM_SERVERS}
-    servers = [Server(SERVERS[name]) for name in STREAM_SERVERS]
+@dataclass
+class Background:
+    """S4 clients of the servers that only notice a close at a write: they take minutes."""
+
+    servers: list[Server]
+    clients: list[tuple[Server, str, subprocess.Popen[str]]]
+    flags: tempfile.TemporaryDirectory[str]
+
+
+def start_disconnect_background(settings: Settings) -> Background:
+    """Start S4 on the slow servers; it runs on while other scenarios measure.
+
+    Their streams sleep between ticks, so they cost the machine nothing
+    until they are collected by :func:`scenario_disconnect`.
+    """
+    names = [n for n in runnable(STREAM_SERVERS) if not SERVERS[n].watches_disconnect]
     flags = tempfile.TemporaryDirectory()
+    servers = [Server(SERVERS[name]) for name in names]
+    clients = []
+    for server in servers:
+        for rep in range(settings.reps):
+            flag = os.path.join(flags.name, f"{server.spec.name}-{rep}")
+            clients.append(
+                (server, flag, start_client(_disconnect_job(server, settings, rep, flag)))
+            )
+    return Background(servers, clients, flags)
+
+
+def disconnect_fast(settings: Settings, background: Background) -> dict[str, list[dict[str, Any]]]:
+    """S4 on the servers that watch for a close; the slow ones run in ``background``."""
+    names = runnable(STREAM_SERVERS)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    slow = {s.spec.name for s in background.servers}
+    servers = [Server(SERVERS[name]) for name in names if name not in slow]
     try:
-        # A peer that only notices a close at its next write takes up to two
-        # producer periods per close; its repetitions run side by side (its
-        # latency is set by the period, not by load) while ours run in turn.
-        slow = [s for s in servers if not s.spec.watches_disconnect]
-        background = []
-        for server in slow:
-            for rep in range(settings.reps):
-                flag = os.path.join(flags.name, f"{server.spec.name}-{rep}")
-                job = _disconnect_job(server, settings, rep, flag)
-                background.append((server, flag, start_client(job)))
-        deadline = time.monotonic() + 60
-        while not all(os.path.exists(f) for _, f, _ in background):
+        deadline = time.monotonic() + 90
+        while not all(os.path.exists(f) for _, f, _ in background.clients):
             if time.monotonic() > deadline:
-                raise RuntimeError("the peer's streams did not open and close in 60 s")
+                raise RuntimeError("the slow servers' streams did not open and close in 90 s")
             time.sleep(0.1)
         for rep in range(settings.reps):
             for server in servers:
-                if server in slow:
-                    continue
-                flag = os.path.join(flags.name, f"{server.spec.name}-{rep}")
+                flag = os.path.join(background.flags.name, f"{server.spec.name}-{rep}")
                 result = run_client(_disconnect_job(server, settings, rep, flag), timeout=90)
                 log(f"S4 rep {rep + 1} {server.spec.name}: p50 {result['p50_ms']:.2f} ms")
                 runs[server.spec.name].append(result)
-        for server, _, process in background:
+    finally:
+        for server in servers:
+            server.stop()
+    return runs
+
+
+def scenario_disconnect(
+    settings: Settings, background: Background, runs: dict[str, list[dict[str, Any]]]
+) -> dict[str, Any]:
+    """S4: from the client's close to the producer's ``finally``; collects ``background``."""
+    names = tuple(runs)
+    try:
+        for server, _, process in background.clients:
             result = finish_client(process, timeout=2 * settings.close_period + 60)
             log(f"S4 {server.spec.name}: p50 {result['p50_ms']:.0f} ms")
             runs[server.spec.name].append(result)
     finally:
-        for server in servers:
+        for server in background.servers:
             server.stop()
-        flags.cleanup()
+        background.flags.cleanup()
     metrics = [
         Metric("p50", "close to finally, p50", "ms", pick("p50_ms")),
         Metric("p99", "close to finally, p99", "ms", pick("p99_ms")),
         Metric("max", "close to finally, max", "ms", pick("max_ms")),
         Metric("cleaned", "producers cleaned up", "", pick("cleaned_up"), lower_is_better=False),
     ]
-    ours, peers = split(STREAM_SERVERS)
+    ours, peers = split(names)
     return {
         "id": "S4",
         "title": "Disconnect to producer cleanup",
         "what": (
             f"{settings.closes} streams whose producer yields one probe event, then "
-            f"sleeps {settings.close_period:g} s per event (gevent.sleep) and records "
+            f"sleeps {settings.close_period:g} s per event and records "
             "time.time() in its finally; once every probe arrived the client closes "
             f"them one by one, {settings.close_gap * 1000:g} ms apart (a plain FIN); "
-            "latency = finally time - close time."
+            "latency = finally time - close time. flask-sse: a greenlet publishes the "
+            "probe and the ticks to the stream's own channel; the finally wraps "
+            "flask-sse's generator."
         ),
         "params": {
             "closes": settings.closes,
             "period_s": settings.close_period,
             "gap_s": settings.close_gap,
         },
-        "servers": server_commands(STREAM_SERVERS),
+        "servers": server_commands(names),
         "rows": aggregate(runs, metrics, ours, peers),
         "raw": runs,
     }
 
 
-def scenario_idle(settings: Settings, streams: int) -> dict[str, Any]:
-    """S1: memory and CPU of one worker holding idle streams."""
-    names = settings.idle_servers
+IDLE_SERVERS = (*OURS, *PEERS)
+
+
+def _idle_job(server: Server, settings: Settings, flag: str) -> dict[str, Any]:
+    extra = {"redis": server.redis.pid} if server.redis is not None else {}
+    return {
+        "scenario": "idle",
+        "host": "127.0.0.1",
+        "port": server.port,
+        "pid": server.pid,
+        "sizes": [n for n in settings.s1_sizes if n <= (server.spec.max_streams or n)],
+        "warmup": 5,
+        "settle": settings.idle_settle,
+        "window": settings.s1_window,
+        "opened_flag": flag,
+        "extra_pids": extra,
+    }
+
+
+def scenario_idle(settings: Settings) -> dict[str, Any]:
+    """S1: memory and CPU of one worker holding idle streams, at several sizes.
+
+    One fresh server per server and repetition. The runs overlap: the next
+    server starts opening its streams once the previous one has all of its
+    streams open and sits in its idle window; RSS and CPU time are read per
+    process, so a neighbour's work does not count (it only competes for
+    the cores while it opens).
+    """
+    names = runnable(IDLE_SERVERS)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
-    for rep in range(settings.reps):
-        for name in names:
-            with Server(SERVERS[name]) as server:
-                job = {
-                    "scenario": "idle",
-                    "host": "127.0.0.1",
-                    "port": server.port,
-                    "pid": server.pid,
-                    "streams": streams,
-                    "warmup": 5,
-                    "settle": settings.idle_settle,
-                    "window": settings.idle_window,
-                }
-                result = run_client(job, timeout=settings.idle_window + 180)
-                if not server.alive():
-                    raise RuntimeError(f"{name} died:\n{server.log()}")
-            log(
-                f"S1 {streams} rep {rep + 1} {name}: {result['kib_per_stream']:.1f} KiB/stream, "
-                f"{result['cpu_pct']:.2f} % CPU, {result['heartbeats_in_window']} heartbeats"
+    flags = tempfile.TemporaryDirectory()
+    running: list[tuple[str, int, Server, subprocess.Popen[str]]] = []
+    window = settings.s1_window
+
+    def reap(block: bool) -> None:
+        for entry in list(running):
+            name, rep, server, process = entry
+            if not block and process.poll() is None:
+                continue
+            result = finish_client(process, timeout=window + 300)
+            if not server.alive():
+                result["failed"] = result.get("failed") or "the server died"
+            server.stop()
+            running.remove(entry)
+            stages = ", ".join(
+                f"{n}: {st['kib_per_stream']:.1f} KiB" for n, st in result["stages"].items()
             )
+            cpu = f"{result['cpu_pct']:.2f} % CPU" if "cpu_pct" in result else ""
+            log(f"S1 rep {rep + 1} {name}: {stages} {cpu} {result['failed'] or ''}")
             runs[name].append(result)
+
+    try:
+        for rep in range(settings.reps):
+            for name in names:
+                server = Server(SERVERS[name])
+                flag = os.path.join(flags.name, f"{name}-{rep}")
+                process = start_client(_idle_job(server, settings, flag))
+                running.append((name, rep, server, process))
+                deadline = time.monotonic() + 300
+                while not os.path.exists(flag) and process.poll() is None:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"S1 {name}: streams not open in 300 s")
+                    time.sleep(0.05)
+                reap(block=False)
+        reap(block=True)
+    finally:
+        for _, _, server, process in running:
+            process.kill()
+            server.stop()
+        flags.cleanup()
+
+    def at(size: int, key: str) -> Callable[[dict[str, Any]], float | None]:
+        def get(result: dict[str, Any]) -> float | None:
+            stage = result["stages"].get(str(size))
+            return None if stage is None or key not in stage else float(stage[key])
+
+        return get
+
+    largest = settings.s1_sizes[-1]
     metrics = [
-        Metric("kib_per_stream", "RSS per idle stream", "KiB", pick("kib_per_stream")),
+        Metric(f"kib_{size}", f"RSS per idle stream at {size:,}", "KiB", at(size, "kib_per_stream"))
+        for size in settings.s1_sizes
+    ]
+    metrics += [
+        Metric(
+            f"redis_kib_{largest}",
+            f"redis-server RSS per stream at {largest:,} (flask-sse)",
+            "KiB",
+            at(largest, "redis_kib_per_stream"),
+            peers=(),
+        ),
+        Metric(
+            "reached",
+            "streams held, all proven live",
+            "",
+            lambda r: max((float(n) for n in r["stages"]), default=0.0),
+            lower_is_better=False,
+        ),
         Metric(
             "cpu_pct",
-            f"idle CPU over {settings.idle_window:g} s",
+            f"idle CPU at {largest:,} over {window:g} s",
             "% of a core",
             pick("cpu_pct"),
-            # The plain naive view sends no heartbeat: compare with the one that does.
-            peers=("naive-timer",) if "naive-timer" in names else None,
+            # Only the peer that heartbeats (sse-starlette, 15 s ping) compares.
+            peers=("starlette",),
         ),
         Metric(
             "heartbeats",
             "heartbeats received in the window, per stream",
             "",
-            lambda r: r["heartbeats_in_window"] / r["streams"],
+            lambda r: r["heartbeats_in_window"] / r["streams"] if "streams" in r else None,
+            lower_is_better=False,
+            peers=(),
+        ),
+        Metric(f"open_{largest}", f"time to open {largest:,} streams", "s", pick("open_seconds")),
+    ]
+    ours, peers = split(names)
+    return {
+        "id": "S1",
+        "title": "Idle streams in one worker: " + " / ".join(f"{n:,}" for n in settings.s1_sizes),
+        "what": (
+            "A fresh server per repetition; 5 streams opened and closed to warm up; the "
+            "worker's RSS (VmRSS of the serving process: gunicorn's worker, uvicorn's "
+            f"process) read before and after each stage ({', '.join(map(str, settings.s1_sizes))}"
+            " streams in all), every stream proven live by a probe event; then the "
+            f"worker's utime+stime over {window:g} s with all {largest:,} streams idle. "
+            "Heartbeats on where the server has them: ours 15 s (the default), "
+            "sse-starlette 15 s (its default ping); the naive view and flask-sse send none. "
+            "Servers overlap: the next one opens its streams while the previous one idles."
+        ),
+        "params": {"sizes": list(settings.s1_sizes), "window_s": window},
+        "servers": server_commands(names),
+        "rows": aggregate(runs, metrics, ours, peers),
+        "failures": {
+            name: [r["failed"] for r in reps if r.get("failed")] for name, reps in runs.items()
+        },
+        "raw": runs,
+    }
+
+
+def scenario_fanout(settings: Settings) -> dict[str, Any]:
+    """S2: one channel, many subscribers: saturation throughput and steady latency."""
+    names = runnable(FANOUT_SERVERS)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    count = settings.s2_subscribers
+    servers = [Server(SERVERS[name]) for name in names]
+    try:
+        for rep in range(settings.reps):
+            for server in servers:
+                job = {
+                    "scenario": "fanout",
+                    "host": "127.0.0.1",
+                    "port": server.port,
+                    "pid": server.pid,
+                    "path": server.spec.fanout_path,
+                    "subscribers": count,
+                    "sat_seconds": settings.s2_sat_seconds,
+                    "window": settings.s2_window,
+                    "burst": settings.s2_burst,
+                    "rate": settings.s2_rate,
+                    "lat_seconds": settings.s2_lat_seconds,
+                    "drain_timeout": settings.s2_drain,
+                }
+                result = run_client(job, timeout=300)
+                if not server.alive():
+                    raise RuntimeError(f"{server.spec.name} died:\n{server.log()}")
+                sat, lat = result["sat"][0], result["lat"][0]
+                log(
+                    f"S2 rep {rep + 1} {server.spec.name}: {sat['delivered_per_s']:,.0f}/s "
+                    f"(server {sat['server_cpu_pct']:.0f} %, client {sat['client_cpu_pct']:.0f} %)"
+                    f"; at {settings.s2_rate:g}/s p50 {lat['p50_ms']:.1f} p99 {lat['p99_ms']:.1f}"
+                    f" ms, {lat['delivered']}/{lat['expected']}"
+                )
+                runs[server.spec.name].append(result)
+    finally:
+        for server in servers:
+            server.stop()
+    sat = ("sat", 0)
+    lat = ("lat", 0)
+
+    def get(phase: tuple[str, int], key: str) -> Callable[[dict[str, Any]], float | None]:
+        def value(result: dict[str, Any]) -> float | None:
+            figure = result[phase[0]][phase[1]].get(key)
+            return None if figure is None else float(figure)
+
+        return value
+
+    metrics = [
+        Metric(
+            "delivered_per_s",
+            "delivered events/s at saturation",
+            "events/s",
+            get(sat, "delivered_per_s"),
             lower_is_better=False,
         ),
-        Metric("open_s", f"time to open {streams} streams", "s", pick("open_seconds")),
-        Metric("rss_after", "worker RSS with the streams open", "KiB", pick("rss_after_kib")),
-    ]
-    ours = [n for n in names if SERVERS[n].ours]
-    # The timer variant shows the heartbeat design on a real server; the
-    # ratios are to the plain naive view, as the issue's targets are.
-    peers = [n for n in names if not SERVERS[n].ours and n != "naive-timer"]
-    return {
-        "id": f"S1-{streams}",
-        "title": f"{streams} idle streams in one worker",
-        "what": (
-            f"A fresh server per repetition; 5 streams opened and closed to warm up; "
-            f"worker RSS (VmRSS of the serving process, gunicorn's worker) read before "
-            f"and after opening {streams} streams that each delivered a probe event; "
-            f"then the worker's utime+stime over {settings.idle_window:g} s with every "
-            "stream idle (ours: the default 15 s heartbeat and disconnect watching on)."
+        Metric(
+            "lat_p50", f"latency at {settings.s2_rate:g} events/s, p50", "ms", get(lat, "p50_ms")
         ),
-        "params": {"streams": streams, "window_s": settings.idle_window},
+        Metric(
+            "lat_p99", f"latency at {settings.s2_rate:g} events/s, p99", "ms", get(lat, "p99_ms")
+        ),
+        Metric(
+            "lat_delivered",
+            "share delivered in the latency phase",
+            "",
+            lambda r: r["lat"][0]["delivered"] / r["lat"][0]["expected"],
+            lower_is_better=False,
+        ),
+        Metric(
+            "sat_server_cpu",
+            "server CPU at saturation",
+            "% of a core",
+            get(sat, "server_cpu_pct"),
+            peers=(),
+        ),
+        Metric(
+            "sat_client_cpu",
+            "client CPU at saturation",
+            "% of a core",
+            get(sat, "client_cpu_pct"),
+            peers=(),
+        ),
+        Metric(
+            "lat_server_cpu",
+            f"server CPU at {settings.s2_rate:g} events/s",
+            "% of a core",
+            get(lat, "server_cpu_pct"),
+        ),
+    ]
+    ours, peers = split(names)
+    return {
+        "id": "S2",
+        "title": f"Fan-out to {count:,} subscribers of one channel",
+        "what": (
+            f"{count:,} subscribers of one channel (ours: the channels blueprint "
+            "/events?channel=bench and sse.publish; flask-sse: its own /stream view and "
+            "sse.publish through Redis; the naive view and sse-starlette: a queue per "
+            "subscriber that the publisher puts each event into). Latency phase: the "
+            f"server publishes {settings.s2_rate:g} events/s for {settings.s2_lat_seconds:g} s "
+            "on its own schedule (open loop, a background greenlet or task); latency = "
+            "receipt time - publish time in the data, over every delivery. Saturation "
+            f"phase: the client publishes bursts of {settings.s2_burst} "
+            "(POST /bench/publish) while at most "
+            f"{settings.s2_window} events per subscriber are in flight, for "
+            f"{settings.s2_sat_seconds:g} s; delivered events/s = deliveries / (last "
+            "receipt - first publish). Events are ~64 bytes on the wire."
+        ),
+        "params": {
+            "subscribers": count,
+            "rate": settings.s2_rate,
+            "lat_seconds": settings.s2_lat_seconds,
+            "sat_seconds": settings.s2_sat_seconds,
+            "window": settings.s2_window,
+            "burst": settings.s2_burst,
+        },
+        "servers": server_commands(names),
+        "rows": aggregate(runs, metrics, ours, peers),
+        "raw": runs,
+    }
+
+
+def scenario_single(settings: Settings) -> dict[str, Any]:
+    """S3: one stream, ~50-byte events as fast as the server sends them."""
+    names = runnable(STREAM_SERVERS)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    servers = [Server(SERVERS[name]) for name in names]
+    try:
+        for rep in range(settings.reps):
+            for server in servers:
+                job = {
+                    "scenario": "single",
+                    "host": "127.0.0.1",
+                    "port": server.port,
+                    "pid": server.pid,
+                    "warmup": settings.s3_warmup,
+                    "window": settings.s3_window,
+                }
+                result = run_client(job, timeout=60)
+                log(
+                    f"S3 rep {rep + 1} {server.spec.name}: {result['events_per_s']:,.0f}/s "
+                    f"(server {result['server_cpu_pct']:.0f} %, "
+                    f"client {result['client_cpu_pct']:.0f} %), gaps {result['gaps']}"
+                )
+                runs[server.spec.name].append(result)
+    finally:
+        for server in servers:
+            server.stop()
+    metrics = [
+        Metric(
+            "events_per_s",
+            "events/s on one stream",
+            "events/s",
+            pick("events_per_s"),
+            lower_is_better=False,
+        ),
+        Metric("server_cpu", "server CPU", "% of a core", pick("server_cpu_pct"), peers=()),
+        Metric("client_cpu", "client CPU", "% of a core", pick("client_cpu_pct"), peers=()),
+        Metric("gaps", "gaps in the numbering", "", pick("gaps"), peers=()),
+    ]
+    ours, peers = split(names)
+    return {
+        "id": "S3",
+        "title": "One stream, ~50-byte events as fast as possible",
+        "what": (
+            "A producer that yields numbered 43-character strings (51 bytes on the wire) "
+            "in a loop, as users write it for each stack (ours: @sse.stream; naive: a "
+            "generator framed by hand; sse-starlette: an async generator of dicts; "
+            "flask-sse: a greenlet calling sse.publish on the stream's channel as fast as "
+            f"it returns). The client reads {settings.s3_window:g} s after a "
+            f"{settings.s3_warmup:g} s warm-up and checks the numbering."
+        ),
+        "params": {"window_s": settings.s3_window},
         "servers": server_commands(names),
         "rows": aggregate(runs, metrics, ours, peers),
         "raw": runs,
@@ -660,15 +1007,90 @@ def machine(ref: str | None) -> dict[str, Any]:
     }
 
 
+def setup() -> None:
+    """Make the benchmark environment: a venv with the peers, matplotlib and py-spy."""
+    venv = servers.PEERS_VENV
+    if not (venv / "bin" / "python").exists():
+        log(f"creating {venv}")
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    requirements = HERE / "requirements-peers.txt"
+    log(f"installing {requirements.relative_to(ROOT)} into {venv}")
+    subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "-q", "-r", str(requirements)], check=True
+    )
+
+
+def peer_versions() -> dict[str, str]:
+    """The versions in the benchmark environment (the peers run there)."""
+    python = servers.PEERS_BIN / "python"
+    if not python.exists():
+        return {}
+    names = ["sse-starlette", "starlette", "uvicorn", "uvloop", "httptools", "flask-sse", "redis"]
+    code = (
+        "import json, sys\nfrom importlib import metadata\n"
+        "print(json.dumps({n: metadata.version(n) for n in sys.argv[1:]}))"
+    )
+    out = subprocess.run(
+        [str(python), "-c", code, *names], capture_output=True, text=True, check=True
+    )
+    versions: dict[str, str] = json.loads(out.stdout)
+    binary = servers.redis_server()
+    if binary:
+        answer = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True)
+        versions["redis-server"] = answer.stdout.split()[2].removeprefix("v=")
+    return versions
+
+
+def chart(data_path: Path) -> None:
+    """Draw docs/benchmarks.png with the benchmark environment's matplotlib."""
+    python = servers.PEERS_BIN / "python"
+    if not python.exists():
+        log("no benchmark environment: no chart (run core.py --setup)")
+        return
+    subprocess.run(
+        [str(python), str(HERE / "chart.py"), str(data_path), str(CHART)], check=True, cwd=ROOT
+    )
+    log(f"wrote {CHART.relative_to(ROOT)}")
+
+
+def measure(settings: Settings, wanted: Callable[[str], bool]) -> list[dict[str, Any]]:
+    """Run the wanted scenarios; return them in the document's order."""
+    scenarios: list[dict[str, Any]] = []
+    if wanted("C0"):
+        scenarios.append(scenario_ceiling(settings))
+    # S4's slow servers take two producer periods: they run on beside S5 and S1-S3.
+    background = start_disconnect_background(settings) if wanted("S4") else None
+    if wanted("S5"):
+        scenarios.append(scenario_ttfb(settings))
+    fast = disconnect_fast(settings, background) if background is not None else None
+    if wanted("S1"):
+        scenarios.append(scenario_idle(settings))
+    if wanted("S2"):
+        scenarios.append(scenario_fanout(settings))
+    if wanted("S3"):
+        scenarios.append(scenario_single(settings))
+    if background is not None and fast is not None:
+        scenarios.append(scenario_disconnect(settings, background, fast))
+    if wanted("HB"):
+        scenarios.extend(scenario_heartbeat(settings, n) for n in settings.hb_streams)
+    if wanted("MEM"):  # diagnostic, not part of the default run
+        scenarios.extend(scenario_memory(settings, n) for n in settings.idle_streams)
+    return scenarios
+
+
+ORDER = ("C0", "S1", "S2", "S3", "S4", "S5", "HB", "MEM")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, < 1 minute")
+    parser.add_argument("--quick", action="store_true", help="small sizes, < 2 minutes")
     parser.add_argument(
         "--only",
         default="",
-        help="comma-separated: C0,S5,S4,S1,HB (default: all); MEM only on request",
+        help="comma-separated: C0,S1,S2,S3,S4,S5 (default: all); HB, MEM only on request",
     )
-    parser.add_argument("--render", action="store_true", help="rebuild the doc from the JSON")
+    parser.add_argument("--setup", action="store_true", help="make the peers' venv and stop")
+    parser.add_argument("--render", action="store_true", help="rebuild doc and chart from JSON")
     parser.add_argument("--out", type=Path, help="JSON output path")
     parser.add_argument(
         "--ref",
@@ -676,9 +1098,13 @@ def main(argv: list[str] | None = None) -> None:
         "the working tree, which others may be editing",
     )
     args = parser.parse_args(argv)
+    if args.setup:
+        setup()
+        return
     out = (args.out or RESULTS / ("core-quick.json.tmp" if args.quick else "core.json")).resolve()
     if args.render:
         report.write_doc(DOC, json.loads(out.read_text()))
+        chart(out)
         return
     from client import raise_fd_limit
 
@@ -690,26 +1116,22 @@ def main(argv: list[str] | None = None) -> None:
         servers.use_source(Path(snapshot.name))
     settings = QUICK if args.quick else FULL
     only = {s.strip().upper() for s in args.only.split(",") if s.strip()}
+
+    def wanted(scenario: str) -> bool:
+        return scenario in only or (not only and scenario not in ("HB", "MEM"))
+
     started = time.monotonic()
     meta = machine(args.ref)
+    meta["peer_versions"] = peer_versions()
     meta["mode"] = "quick" if args.quick else "full"
+    meta["reps"] = settings.reps
     meta["date"] = time.strftime("%Y-%m-%d %H:%M:%S %z")
     meta["command"] = " ".join([".venv/bin/python", "benchmarks/core.py", *(argv or sys.argv[1:])])
-    scenarios: list[dict[str, Any]] = []
-    if not only or "C0" in only:
-        scenarios.append(scenario_ceiling(settings))
-    if not only or "S5" in only:
-        scenarios.append(scenario_ttfb(settings))
-    if not only or "S4" in only:
-        scenarios.append(scenario_disconnect(settings))
-    if not only or "S1" in only:
-        scenarios.extend(scenario_idle(settings, n) for n in settings.idle_streams)
-    if not only or "HB" in only:
-        scenarios.extend(scenario_heartbeat(settings, n) for n in settings.hb_streams)
-    if "MEM" in only:  # diagnostic, not part of the default run
-        scenarios.extend(scenario_memory(settings, n) for n in settings.idle_streams)
+    scenarios = measure(settings, wanted)
+    scenarios.sort(key=lambda sc: ORDER.index(sc["id"].split("-")[0]))
     if snapshot is not None:
         snapshot.cleanup()
+    meta["skipped"] = dict(SKIPPED)
     meta["loadavg_at_end"] = os.getloadavg()
     meta["runtime_s"] = round(time.monotonic() - started, 1)
     data = {"meta": meta, "scenarios": scenarios}
@@ -721,6 +1143,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         report.write_doc(DOC, data)
         log(f"wrote {DOC.relative_to(ROOT)}")
+        chart(out)
 
 
 if __name__ == "__main__":

@@ -8,33 +8,60 @@ with a per-stream timer does), which each app frames as a comment.
 The probe endpoints let the load client read what only the server knows:
 
 * ``GET /pid``: the process that serves requests (gunicorn's worker, not
-  its master), whose RSS and CPU time the client reads from ``/proc``;
+  its master), whose RSS and CPU time the client reads from ``/proc``, and
+  where it imported our library from (``null`` in a peer's environment);
 * ``GET /finals?prefix=P``: when each ``/held`` producer whose id starts
   with ``P`` ran its ``finally`` (``time.time()``, same clock as the client);
-* ``POST /publish``: puts the body into every ``/idle`` subscriber's queue
-  (for fan-out scenarios).
+* ``POST /bench/publish?count=N&interval=S``: publishes ``N`` stamped events
+  (:func:`payload.stamped`, with ``&tag=T``) through the app's own pub/sub: at once, inside the
+  request, when ``S`` is 0; else from a background greenlet on a fixed
+  schedule, one every ``S`` seconds (an open-loop publisher);
+* ``GET /bench/subscribers``: how many fan-out subscribers are registered.
 
 Nothing here patches anything: the server's entry point has done that.
+This module runs in the project's venv and in the peers' (benchmarks/.venv),
+so it imports nothing of ours at module level.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import gevent
 from flask import Blueprint, Flask, jsonify, request
 from flask.typing import ResponseReturnValue
 from gevent.queue import Empty, Queue
 
-__all__ = ["HEARTBEAT", "blocked", "held", "idle", "instrument"]
+from benchmarks import payload
+
+__all__ = [
+    "HEARTBEAT",
+    "blocked",
+    "burst",
+    "held",
+    "idle",
+    "instrument",
+    "stamped",
+    "subscriber",
+]
 
 HEARTBEAT = object()
 """Yielded by a producer that times its own heartbeat; framed as a comment."""
 
 FINALS: dict[str, float] = {}
 SUBSCRIBERS: set[Queue[str]] = set()
+
+
+def stamped(tag: str = "x") -> str:
+    """One fan-out event's data; see :func:`payload.stamped`."""
+    return payload.stamped(tag)
+
+
+def burst() -> Iterator[str]:
+    """S3: ~50-byte events as fast as the stream takes them, numbered."""
+    return payload.burst()
 
 
 def blocked(seconds: float) -> Iterator[str]:
@@ -64,10 +91,16 @@ def idle(heartbeat: float | None = None) -> Iterator[object]:
     With ``heartbeat`` the producer times its own silence with a timeout on
     its queue (the per-stream timer design) and yields :data:`HEARTBEAT`.
     """
+    return subscriber(probe=True, heartbeat=heartbeat)
+
+
+def subscriber(*, probe: bool, heartbeat: float | None = None) -> Iterator[object]:
+    """A hand-made subscriber: a ``gevent.queue.Queue`` in :data:`SUBSCRIBERS`."""
     queue: Queue[str] = Queue()
     SUBSCRIBERS.add(queue)
     try:
-        yield "probe"
+        if probe:
+            yield "probe"
         while True:
             if heartbeat is None:
                 yield queue.get()
@@ -80,10 +113,20 @@ def idle(heartbeat: float | None = None) -> Iterator[object]:
         SUBSCRIBERS.discard(queue)
 
 
-def _pid() -> ResponseReturnValue:
-    import flask_sse_stream
+def publish_to_queues(data: str) -> None:
+    """The naive fan-out: put the data into every subscriber's queue."""
+    for queue in tuple(SUBSCRIBERS):
+        queue.put_nowait(data)
 
-    return jsonify(pid=os.getpid(), library=os.path.dirname(flask_sse_stream.__file__))
+
+def _pid() -> ResponseReturnValue:
+    try:
+        import flask_sse_stream
+    except ImportError:  # a peer's environment
+        library = None
+    else:
+        library = os.path.dirname(flask_sse_stream.__file__)
+    return jsonify(pid=os.getpid(), library=library)
 
 
 def _finals() -> ResponseReturnValue:
@@ -91,17 +134,41 @@ def _finals() -> ResponseReturnValue:
     return jsonify({key: value for key, value in FINALS.items() if key.startswith(prefix)})
 
 
-def _publish() -> ResponseReturnValue:
-    data = request.get_data(as_text=True)
-    for queue in tuple(SUBSCRIBERS):
-        queue.put_nowait(data)
-    return jsonify(subscribers=len(SUBSCRIBERS))
+def instrument(
+    app: Flask,
+    publish: Callable[[str], object] = publish_to_queues,
+    subscribers: Callable[[], int] = lambda: len(SUBSCRIBERS),
+) -> None:
+    """Add the probe endpoints to ``app``; ``publish`` is its fan-out."""
 
+    def bench_publish() -> ResponseReturnValue:
+        count = int(request.args.get("count", "1"))
+        interval = float(request.args.get("interval", "0"))
+        tag = request.args.get("tag", "x")
+        if not interval:
+            for _ in range(count):
+                publish(stamped(tag))
+            return jsonify(published=count)
 
-def instrument(app: Flask) -> None:
-    """Add the probe endpoints to ``app``."""
+        def steady() -> None:
+            # Open loop: the schedule never waits for a delivery.
+            with app.app_context():
+                start = time.monotonic()
+                for number in range(count):
+                    delay = start + number * interval - time.monotonic()
+                    if delay > 0:
+                        gevent.sleep(delay)
+                    publish(stamped(tag))
+
+        gevent.spawn(steady)
+        return jsonify(published=0, scheduled=count)
+
+    def bench_subscribers() -> ResponseReturnValue:
+        return jsonify(subscribers=subscribers())
+
     probes = Blueprint("bench_probes", __name__)
     probes.add_url_rule("/pid", view_func=_pid)
     probes.add_url_rule("/finals", view_func=_finals)
-    probes.add_url_rule("/publish", view_func=_publish, methods=["POST"])
+    probes.add_url_rule("/bench/publish", view_func=bench_publish, methods=["POST"])
+    probes.add_url_rule("/bench/subscribers", view_func=bench_subscribers)
     app.register_blueprint(probes)

@@ -6,6 +6,8 @@ around a generator that formats ``data:`` lines itself, one
 client is noticed at a failed write). ``app`` sends no heartbeat;
 ``timer_app`` sends one per stream after 15 s of silence, timed by a
 timeout on the subscriber's queue (the per-stream timer design).
+``/events`` is its pub/sub: ``/bench/publish`` puts each event into every
+subscriber's queue.
 """
 
 from __future__ import annotations
@@ -48,6 +50,14 @@ def _make_app(heartbeat: float | None) -> Flask:
     @app.get("/idle")
     def idle() -> Response:
         return _response(instrument.idle(heartbeat))
+
+    @app.get("/events")
+    def events() -> Response:
+        return _response(instrument.subscriber(probe=False, heartbeat=heartbeat))
+
+    @app.get("/burst")
+    def burst() -> Response:
+        return _response(instrument.burst())
 
     return app
 

@@ -13,22 +13,87 @@ from typing import Any
 START = "<!-- results:start (written by benchmarks/core.py; edits here are lost) -->"
 END = "<!-- results:end -->"
 
-# The figures issue 2's closing note quotes: (scenario id, metric key); "S1"
-# stands for the first S1 size that ran.
+# The figures of the headline table: (scenario id, metric key).
 HEADLINES = (
-    ("S5", "first_byte_p50"),
-    ("S5", "first_byte_p99"),
+    ("S1", "kib_1000"),
+    ("S1", "kib_10000"),
+    ("S1", "reached"),
+    ("S1", "cpu_pct"),
+    ("S2", "delivered_per_s"),
+    ("S2", "lat_p50"),
+    ("S2", "lat_p99"),
+    ("S3", "events_per_s"),
     ("S4", "p50"),
     ("S4", "p99"),
-    ("S1", "kib_per_stream"),
-    ("S1", "cpu_pct"),
+    ("S5", "first_byte_p50"),
+    ("S5", "first_byte_p99"),
     ("HB-1000", "per_stream"),
-    ("HB-10000", "per_stream"),
     ("HB-10000", "pct_15s"),
-    ("HB-1000", "hot"),
 )
 
-SHORT = {"ours": "runner", "ours-gunicorn": "gunicorn", "shared": "shared loop"}
+SHORT = {
+    "ours": "runner",
+    "ours-gunicorn": "gunicorn",
+    "ours-redis": "runner+Redis",
+    "ours-gunicorn-redis": "gunicorn+Redis",
+    "shared": "shared loop",
+}
+
+
+# Issue 6's targets: (label, scenario, metric, kind, bound); kind "ratio" is
+# ours / best peer (or the named peer), "abs" the figure itself; for a
+# lower-is-better metric the target is figure <= bound, else >= bound.
+TARGETS: tuple[tuple[str, str, str, str, float, str | None], ...] = (
+    (
+        "memory per idle stream at 1,000 <= the naive view's",
+        "S1",
+        "kib_1000",
+        "ratio",
+        1.0,
+        "naive",
+    ),
+    (
+        "memory per idle stream at 10,000 <= the naive view's",
+        "S1",
+        "kib_10000",
+        "ratio",
+        1.0,
+        "naive",
+    ),
+    (
+        "memory per idle stream at 1,000 <= 0.5 x sse-starlette",
+        "S1",
+        "kib_1000",
+        "ratio",
+        0.5,
+        "starlette",
+    ),
+    ("10,000 streams in one worker", "S1", "reached", "abs", 10000, None),
+    (
+        "idle CPU at 10,000 streams, 15 s heartbeat < 2 % of a core",
+        "S1",
+        "cpu_pct",
+        "abs",
+        2.0,
+        None,
+    ),
+    ("fan-out delivered/s >= 1.5 x the best peer", "S2", "delivered_per_s", "ratio", 1.5, None),
+    ("fan-out p99 at 10 events/s <= 0.5 x the best peer", "S2", "lat_p99", "ratio", 0.5, None),
+    ("single stream events/s >= 1.5 x the best peer", "S3", "events_per_s", "ratio", 1.5, None),
+    ("disconnect cleanup p99 < 100 ms", "S4", "p99", "abs", 100.0, None),
+    ("first byte p99 < 50 ms", "S5", "first_byte_p99", "abs", 50.0, None),
+    (
+        "stretch: >= 100k delivered events/s to 1,000 subscribers",
+        "S2",
+        "delivered_per_s",
+        "abs",
+        100000,
+        None,
+    ),
+    ("stretch: >= 150k events/s on one stream", "S3", "events_per_s", "abs", 150000, None),
+    ("stretch: <= 16 KiB per idle stream (at 10,000)", "S1", "kib_10000", "abs", 16.0, None),
+    ("stretch: disconnect cleanup p99 <= 5 ms", "S4", "p99", "abs", 5.0, None),
+)
 
 
 def number(value: float | None) -> str:
@@ -102,7 +167,9 @@ def headline_table(data: dict[str, Any]) -> list[str]:
         scenario = by_id.get(scenario_id)
         if scenario is None:
             continue
-        row = next(r for r in scenario["rows"] if r["metric"] == key)
+        row = next((r for r in scenario["rows"] if r["metric"] == key), None)
+        if row is None:
+            continue
         figures = row["servers"]
         ours = "; ".join(
             f"{SHORT.get(n, n)} {number(figures[n]['median'])} ({spread(figures[n])})"
@@ -116,9 +183,54 @@ def headline_table(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _row(data: dict[str, Any], scenario_id: str, key: str) -> dict[str, Any] | None:
+    for scenario in data["scenarios"]:
+        if scenario["id"] == scenario_id:
+            return next((r for r in scenario["rows"] if r["metric"] == key), None)
+    return None
+
+
+def targets_table(data: dict[str, Any]) -> list[str]:
+    """Issue 6's targets: met or missed, by how much, for each of our servers."""
+    lines = [
+        "| target | ours | figure | met? |",
+        "|---|---|---|---|",
+    ]
+    for label, scenario_id, key, kind, bound, versus in TARGETS:
+        row = _row(data, scenario_id, key)
+        if row is None:
+            continue
+        figures = row["servers"]
+        lower = row["lower_is_better"]
+        for name in row["ours"]:
+            median = figures[name]["median"]
+            if kind == "abs":
+                value, shown = median, f"{number(median)}{_unit_suffix(row)}"
+            else:
+                peer = versus or row["best_peer"]
+                if peer is None or peer not in figures or not figures[peer]["median"]:
+                    continue
+                value = median / figures[peer]["median"]
+                shown = (
+                    f"{ratio(value)} {peer} ({number(median)} vs {number(figures[peer]['median'])})"
+                )
+            met = value <= bound if lower else value >= bound
+            by = value / bound if bound else float("nan")
+            verdict = "met" if met else f"**missed** ({ratio(by)} of the bound)"
+            lines.append(f"| {label} | {SHORT.get(name, name)} | {shown} | {verdict} |")
+    lines.append("")
+    return lines
+
+
+def _unit_suffix(row: dict[str, Any]) -> str:
+    return f" {row['unit']}" if row["unit"] else ""
+
+
 def results_markdown(data: dict[str, Any]) -> str:
     meta = data["meta"]
     versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
+    peers = ", ".join(f"{k} {v}" for k, v in meta.get("peer_versions", {}).items())
+    skipped = "; ".join(f"`{k}`: {v}" for k, v in meta.get("skipped", {}).items())
     load = " -> ".join(
         "/".join(f"{x:.2f}" for x in meta[k]) for k in ("loadavg_at_start", "loadavg_at_end")
     )
@@ -133,11 +245,16 @@ def results_markdown(data: dict[str, Any]) -> str:
         "",
         f"Machine: {meta['nproc']} x {meta['cpu_model']} ({meta['usable_cpus']} usable), "
         f"{meta['memory_gib']} GiB, Linux {meta['kernel']}; load average {load}. "
-        f"Python {meta['python']}, {versions}; gevent loop {meta['gevent_loop']}.",
+        f"Python {meta['python']}, {versions}; gevent loop {meta['gevent_loop']}."
+        + (f" Benchmark environment (the peers): {peers}." if peers else ""),
         "",
+        *([f"Skipped: {skipped}.", ""] if skipped else []),
         "#### Headline figures",
         "",
         *headline_table(data),
+        "#### Issue 6's targets",
+        "",
+        *targets_table(data),
     ]
     for scenario in data["scenarios"]:
         lines += scenario_table(scenario)

