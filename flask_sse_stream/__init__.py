@@ -18,6 +18,7 @@ __all__ = [
     "Broker",
     "BrokerClosedError",
     "BrokerStats",
+    "BrokerUnavailableError",
     "CloseReason",
     "Comment",
     "ConfigError",
@@ -25,6 +26,8 @@ __all__ = [
     "InvalidChannelError",
     "InvalidEventError",
     "MemoryBroker",
+    "Publisher",
+    "RedisBroker",
     "SSEError",
     "Subscription",
     "serve",
@@ -37,6 +40,9 @@ _HOMES = {
     "BrokerStats": ".broker",
     "MemoryBroker": ".broker",
     "Subscription": ".broker",
+    "BrokerUnavailableError": ".broker.redis",
+    "RedisBroker": ".broker.redis",
+    "Publisher": ".publisher",
     "InvalidChannelError": ".channels",
     "ConfigError": ".errors",
     "InvalidEventError": ".errors",
@@ -57,10 +63,12 @@ if TYPE_CHECKING:
         MemoryBroker,
         Subscription,
     )
+    from .broker.redis import BrokerUnavailableError, RedisBroker
     from .channels import InvalidChannelError
     from .errors import ConfigError, InvalidEventError, SSEError
     from .event import Comment, Event
     from .extension import SSE
+    from .publisher import Publisher
     from .server import serve
     from .stream import CloseReason
 
