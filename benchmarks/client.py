@@ -409,9 +409,9 @@ def disconnect(job: dict[str, Any]) -> dict[str, Any]:
         count,
         lambda i: f"/held?id={prefix}-{i}&period={job['period']}",
         key=lambda i: f"{prefix}-{i}",
-        deadline=start + 30,
+        deadline=start + 60,
     )
-    live = loop.run(lambda: all(c.events or c.eof for c in conns), start + 30)
+    live = loop.run(lambda: all(c.events or c.eof for c in conns), start + 60)
     if not live or any(c.eof for c in conns):
         loop.close_all()
         raise RuntimeError("not every stream delivered its probe event")

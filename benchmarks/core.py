@@ -368,9 +368,16 @@ def start_disconnect_background(settings: Settings) -> Background:
     for server in servers:
         for rep in range(settings.reps):
             flag = os.path.join(flags.name, f"{server.spec.name}-{rep}")
-            clients.append(
-                (server, flag, start_client(_disconnect_job(server, settings, rep, flag)))
-            )
+            process = start_client(_disconnect_job(server, settings, rep, flag))
+            clients.append((server, flag, process))
+            # One at a time, and all closed before anything is measured.
+            deadline = time.monotonic() + 90
+            while not os.path.exists(flag):
+                if process.poll() is not None:
+                    raise RuntimeError(f"S4 {server.spec.name}: the client failed")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"S4 {server.spec.name}: streams not closed in 90 s")
+                time.sleep(0.05)
     return Background(servers, clients, flags)
 
 

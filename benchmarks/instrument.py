@@ -134,6 +134,38 @@ def _finals() -> ResponseReturnValue:
     return jsonify({key: value for key, value in FINALS.items() if key.startswith(prefix)})
 
 
+_snapshots: dict[str, object] = {}
+
+
+def _tracemalloc() -> ResponseReturnValue:
+    """``?take=NAME`` stores a snapshot; ``?diff=A,B&group=lineno|traceback&top=N`` compares.
+
+    Only with tracemalloc on (``PYTHONTRACEMALLOC=25`` in the server's
+    environment, as ``benchmarks/profile.py mem`` starts it).
+    """
+    import gc
+    import tracemalloc
+
+    if not tracemalloc.is_tracing():
+        return jsonify(error="start the server with PYTHONTRACEMALLOC=25"), 409
+    if "take" in request.args:
+        gc.collect()
+        _snapshots[request.args["take"]] = tracemalloc.take_snapshot().filter_traces(
+            [tracemalloc.Filter(False, tracemalloc.__file__)]
+        )
+        return jsonify(taken=request.args["take"])
+    first, second = request.args["diff"].split(",")
+    group = request.args.get("group", "lineno")
+    top = int(request.args.get("top", "25"))
+    old, new = _snapshots[first], _snapshots[second]
+    stats = new.compare_to(old, group)  # type: ignore[attr-defined]
+    out = []
+    for stat in stats[:top]:
+        frames = [f"{frame.filename}:{frame.lineno}" for frame in stat.traceback]
+        out.append({"size_diff": stat.size_diff, "count_diff": stat.count_diff, "where": frames})
+    return jsonify(total=sum(s.size_diff for s in stats), top=out)
+
+
 def instrument(
     app: Flask,
     publish: Callable[[str], object] = publish_to_queues,
@@ -171,4 +203,5 @@ def instrument(
     probes.add_url_rule("/finals", view_func=_finals)
     probes.add_url_rule("/bench/publish", view_func=bench_publish, methods=["POST"])
     probes.add_url_rule("/bench/subscribers", view_func=bench_subscribers)
+    probes.add_url_rule("/bench/tracemalloc", view_func=_tracemalloc)
     app.register_blueprint(probes)

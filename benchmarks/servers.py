@@ -377,12 +377,13 @@ class Redis:
 class Server:
     """A running server process; use as a context manager."""
 
-    def __init__(self, spec: ServerSpec) -> None:
+    def __init__(self, spec: ServerSpec, env: dict[str, str] | None = None) -> None:
         self.spec = spec
         self.port = free_port()
         self.argv = spec.argv(self.port)
         self.redis = Redis() if spec.redis_env else None
         extra = {spec.redis_env: self.redis.url} if spec.redis_env and self.redis else {}
+        extra.update(env or {})
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop()
         raise_fd_limit()  # the server inherits it (no preexec_fn: safe with threads)
         self.process = subprocess.Popen(

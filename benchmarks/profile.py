@@ -1,0 +1,244 @@
+"""Where our time and memory go: S2, S3 and S1 profiled inside the server.
+
+Run from the repository root, after ``core.py --setup`` (py-spy lives in
+the benchmark environment)::
+
+    .venv/bin/python benchmarks/profile.py s2 --server ours --phase lat
+    .venv/bin/python benchmarks/profile.py s2 --server ours --phase sat
+    .venv/bin/python benchmarks/profile.py s3 --server ours
+    .venv/bin/python benchmarks/profile.py mem --server ours --streams 1000
+    .venv/bin/python benchmarks/profile.py s2 --ref HEAD ...   # a commit's library
+
+``s2``/``s3`` drive the scenario's load client against one server and
+sample the serving process with ``py-spy record`` (500 Hz, native frames
+off) in the middle of the phase; the report lists the functions that hold
+the most samples, inclusive and self, and the per-event cost (CPU samples
+/ deliveries). ``mem`` starts the server under tracemalloc (25 frames),
+opens the streams as S1 does, and lists what the streams allocated,
+grouped by line and by traceback. Reports go to
+``benchmarks/results/profile-*.txt`` (and stdout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import core
+import servers
+from client import get_json, raise_fd_limit
+from servers import ROOT, SERVERS, Server
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def py_spy(pid: int, seconds: float, out: Path) -> None:
+    subprocess.run(
+        [
+            str(servers.PEERS_BIN / "py-spy"),
+            "record",
+            "-p",
+            str(pid),
+            "-d",
+            str(int(seconds)),
+            "-r",
+            "500",
+            "-f",
+            "raw",
+            "-o",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+    )
+
+
+def summarize(raw: Path, top: int = 30) -> tuple[int, list[str]]:
+    """The functions with the most samples in a py-spy raw (collapsed) file."""
+    inclusive: collections.Counter[str] = collections.Counter()
+    own: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        samples = int(count)
+        total += samples
+        frames = stack.split(";")
+        for frame in set(frames):
+            inclusive[frame] += samples
+        own[frames[-1]] += samples
+    lines = [f"{total} samples", "", "inclusive:"]
+    lines += [f"{100 * n / total:5.1f} %  {f}" for f, n in inclusive.most_common(top)]
+    lines += ["", "self:"]
+    lines += [f"{100 * n / total:5.1f} %  {f}" for f, n in own.most_common(top)]
+    return total, lines
+
+
+def profile_load(args: argparse.Namespace) -> None:
+    spec = SERVERS[args.server]
+    with Server(spec) as server:
+        if args.command == "s2":
+            lat = args.phase == "lat"
+            job = {
+                "scenario": "fanout",
+                "host": "127.0.0.1",
+                "port": server.port,
+                "pid": server.pid,
+                "path": spec.fanout_path,
+                "subscribers": args.subscribers,
+                "sat_seconds": 0.5 if lat else args.seconds + 4,
+                "window": 100,
+                "burst": 10,
+                "rate": 10.0,
+                "lat_seconds": args.seconds + 4 if lat else 1.0,
+                "drain_timeout": 3.0,
+            }
+            # The latency phase comes first in the client; saturation starts
+            # after it (about 2 s with the subscribers' opening).
+            delay = 3.0 if lat else 4.5
+        else:
+            job = {
+                "scenario": "single",
+                "host": "127.0.0.1",
+                "port": server.port,
+                "pid": server.pid,
+                "warmup": 0.5,
+                "window": args.seconds + 2,
+            }
+            delay = 1.5
+        process = core.start_client(job)
+        time.sleep(delay)
+        raw = Path(tempfile.mkstemp(suffix=".txt")[1])
+        py_spy(server.pid, args.seconds, raw)
+        result = core.finish_client(process, timeout=120)
+    total, lines = summarize(raw)
+    name = (
+        f"{args.command}-{args.phase}-{args.server}"
+        if args.command == "s2"
+        else f"s3-{args.server}"
+    )
+    if args.command == "s2":
+        phase = result["lat" if args.phase == "lat" else "sat"][0]
+        figures = {k: v for k, v in phase.items() if not isinstance(v, list)}
+        deliveries = (
+            phase["rate"] * args.subscribers
+            if args.phase == "lat"
+            else phase.get("delivered_per_s", 0.0)
+        )
+    else:
+        figures = result
+        deliveries = result["events_per_s"]
+    header = [
+        f"py-spy record, {args.seconds:g} s at 500 Hz, server {spec.name} ({spec.command()})",
+        f"client figures: {json.dumps(figures)}",
+        f"CPU samples per second of profile: {total / args.seconds:.0f} (500 = one busy core); "
+        f"about {1e6 * total / 500 / args.seconds / deliveries:.1f} us of server CPU per "
+        "delivered event"
+        if deliveries
+        else "",
+        "",
+    ]
+    write(name, header + lines)
+    raw.unlink()
+
+
+def profile_memory(args: argparse.Namespace) -> None:
+    spec = SERVERS[args.server]
+    with Server(spec, env={"PYTHONTRACEMALLOC": "25"}) as server:
+        port = server.port
+        flag = Path(tempfile.mkstemp()[1])
+        flag.unlink()
+        job = {
+            "scenario": "idle",
+            "host": "127.0.0.1",
+            "port": port,
+            "pid": server.pid,
+            "sizes": [args.streams],
+            "warmup": 5,
+            "settle": 0.5,
+            "window": 60,
+            "opened_flag": str(flag),
+            "extra_pids": {},
+        }
+        # Baseline after a warm-up of 5 streams, as S1 does.
+        process = core.start_client(job)
+        time.sleep(1.0)
+        get_json("127.0.0.1", port, "/bench/tracemalloc?take=before", timeout=60)
+        deadline = time.monotonic() + 120
+        while not flag.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        get_json("127.0.0.1", port, "/bench/tracemalloc?take=after", timeout=60)
+        by_line = get_json("127.0.0.1", port, "/bench/tracemalloc?diff=before,after&top=30", 60)
+        by_trace = get_json(
+            "127.0.0.1",
+            port,
+            "/bench/tracemalloc?diff=before,after&group=traceback&top=12",
+            timeout=60,
+        )
+        process.kill()
+        process.wait()
+    streams = args.streams
+    lines = [
+        f"tracemalloc (25 frames), server {spec.name}: what {streams} idle streams allocated",
+        f"total traced growth: {by_line['total'] / streams / 1024:.2f} KiB per stream "
+        "(Python allocations only: not the kernel's socket buffers, not libev)",
+        "",
+        "by line (KiB per stream, objects per stream, where):",
+    ]
+    for stat in by_line["top"]:
+        lines.append(
+            f"{stat['size_diff'] / streams / 1024:7.2f} KiB {stat['count_diff'] / streams:6.1f}  "
+            f"{_short(stat['where'][0])}"
+        )
+    lines += ["", "by traceback (most recent call last, innermost 8 frames):"]
+    for stat in by_trace["top"]:
+        lines.append(
+            f"{stat['size_diff'] / streams / 1024:7.2f} KiB {stat['count_diff'] / streams:6.1f}"
+        )
+        lines += [f"        {_short(frame)}" for frame in stat["where"][-8:]]
+    write(f"mem-{spec.name}", lines)
+
+
+def _short(where: str) -> str:
+    for marker in ("site-packages/", "/work/main/", "/tmp/"):
+        if marker in where:
+            return where.split(marker, 1)[1]
+    return where
+
+
+def write(name: str, lines: list[str]) -> None:
+    text = "\n".join(lines) + "\n"
+    out = RESULTS / f"profile-{name}.txt"
+    out.write_text(text)
+    print(text)
+    print(f"wrote {out.relative_to(ROOT)}", file=sys.stderr)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("command", choices=("s2", "s3", "mem"))
+    parser.add_argument("--server", default="ours")
+    parser.add_argument("--phase", choices=("lat", "sat"), default="sat")
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--subscribers", type=int, default=1000)
+    parser.add_argument("--streams", type=int, default=1000)
+    parser.add_argument("--ref", help="profile the library of this commit")
+    args = parser.parse_args()
+    raise_fd_limit()
+    if args.ref:
+        snapshot = tempfile.TemporaryDirectory(prefix="bench-")
+        core.export(args.ref, Path(snapshot.name))
+        servers.use_source(Path(snapshot.name))
+    if args.command == "mem":
+        profile_memory(args)
+    else:
+        profile_load(args)
+
+
+if __name__ == "__main__":
+    main()
