@@ -557,6 +557,27 @@ def test_subscribing_while_the_link_is_down_waits_for_it(
             assert datas(take(first, 1)) == ["c"]
 
 
+@pytest.mark.timeout(30)
+def test_a_pubsub_connection_that_goes_silent_is_replaced(
+    make_redis: MakeRedis, redis_server: RedisServer
+) -> None:
+    # CLIENT PAUSE: Redis keeps the connections open but answers nothing,
+    # as a dead network path would. The health-check PINGs go unanswered,
+    # the read times out (3 intervals), and the reader reconnects.
+    broker = make_redis(health_check_interval=0.2, timeout=2)
+    other = make_redis()
+    with broker.subscribe(["c"]) as subscription:
+        other.publish("c", Event("0"))
+        assert datas(take(subscription, 1)) == ["0"]
+        with redis_server.client() as client:
+            client.client_pause(3000)
+        wait_until(lambda: not broker._up, what="the silence to be noticed")
+        other.publish("c", Event("1"))  # Redis runs it when the pause ends
+        assert datas(take(subscription, 1)) == ["1"]
+        wait_until(lambda: broker._up, what="the reconnection")
+        assert broker._reconnects >= 1
+
+
 def test_the_constructor_checks_its_arguments() -> None:
     for bad in (-1, 1.5, True):
         with pytest.raises(ValueError, match="history_size"):
