@@ -409,7 +409,6 @@ class _Snapshot:
 
     epoch: str
     seq: int
-    adopted: bool
     metas: list[bytes | None]
     entries: list[list[tuple[int, bytes]]]
 
@@ -517,7 +516,6 @@ class RedisBroker(LocalFanOut):
         # Where every Redis command runs.
         self._home_thread = _get_ident()
         self._home_hub = gevent.get_hub()
-        self._pid = os.getpid()
         self._is_forked = False
         self._candidate = _new_epoch()
         # The pub/sub link, run by the reader (reads, reconnects) and the
@@ -810,7 +808,7 @@ class RedisBroker(LocalFanOut):
             [(int(entry_id.split(b"-", 1)[0]), fields[1]) for entry_id, fields in stream]
             for stream in rest[1:]
         ]
-        return _Snapshot(epoch.decode(), int(seq), bool(adopted), metas, entries)
+        return _Snapshot(epoch.decode(), int(seq), metas, entries)
 
     # The pub/sub link.
 
