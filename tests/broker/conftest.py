@@ -42,14 +42,6 @@ PATCHED = monkey.is_module_patched("socket")
 REDIS_COMMAND = "python -m gevent.monkey --module pytest tests/broker -m redis"
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers",
-        "redis: needs a real redis-server and a gevent-patched process "
-        f"(run them with: {REDIS_COMMAND})",
-    )
-
-
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # tryfirst: the mark is added before `-m redis` selects by it.
