@@ -98,6 +98,13 @@ def drain(retry: int = 1000, jitter: float = 1.0) -> int:
 OnClose = Callable[[CloseReason], None]
 
 
+def _is_subscription(source: object) -> bool:
+    """Whether ``source`` is a broker subscription the handler can serve itself."""
+    return all(
+        callable(getattr(source, name, None)) for name in ("get_batch", "wait", "interrupt")
+    ) and hasattr(source, "closed")
+
+
 class EventStream:
     """The WSGI response iterable of one stream; built by :meth:`SSE.stream`.
 
@@ -121,8 +128,11 @@ class EventStream:
 
     __slots__ = (
         "__weakref__",
+        "_beat_due",
         "_buffer",
+        "_buffer_size",
         "_context",
+        "_direct",
         "_encode",
         "_end_frame",
         "_heartbeat",
@@ -136,6 +146,7 @@ class EventStream:
         "_ran",
         "_readable",
         "_reason",
+        "_released",
         "_sock",
         "_source",
         "_state",
@@ -175,7 +186,13 @@ class EventStream:
         self._heartbeat = heartbeat or None
         self._sock = sock
         self._write_timeout = write_timeout
-        self._buffer: Queue[bytes | None] = Queue(buffer_size)
+        self._buffer_size = buffer_size
+        self._buffer: Queue[bytes | None] | None = None
+        # A subscription needs no producer greenlet nor buffer: the handler
+        # takes its events itself (the subscription's queue is the buffer).
+        self._direct = _is_subscription(source)
+        self._beat_due = False
+        self._released = False
         self._context = context
         self._on_close = on_close
         self._logger = logger or logging.getLogger("flask_sse_stream")
@@ -215,14 +232,19 @@ class EventStream:
                 self._watch = SocketWatch(sock, self._on_readable)
             except (OSError, ValueError):
                 self._watch = None  # not watchable here: failed writes tell
-        self._producer = gevent.spawn(self._produce)
+        if not self._direct:
+            self._buffer = Queue(self._buffer_size)
+            self._producer = gevent.spawn(self._produce)
         if self._heartbeat:
             _heartbeat.for_current_hub().add(self, self._heartbeat)
         self.last_write = time.monotonic()
         return self._preamble
 
     def _next_chunk(self) -> bytes:
+        if self._direct:
+            return self._next_events()
         buffer = self._buffer
+        assert buffer is not None
         while True:
             frames: list[bytes] = []
             # The flags, not the wake-up item, say that something happened:
@@ -249,6 +271,31 @@ class EventStream:
                 self.last_write = time.monotonic()
                 return b"".join(frames)
 
+    def _next_events(self) -> bytes:
+        """The next chunk of a subscription, taken by the handler itself."""
+        sub: Any = self._source
+        encode = self._encode
+        while True:
+            if self._readable and self._reason is None:
+                self._readable = False
+                if self._sock is not None and peer_closed(self._sock):
+                    self._reason = CloseReason.DISCONNECT
+            if self._reason is not None:
+                return self._last_chunk(b"")
+            events = sub.get_batch(self._buffer_size)
+            if events:
+                self._beat_due = False
+                self.last_write = time.monotonic()
+                return b"".join([encode(event) for event in events])
+            if sub.closed:
+                self._reason = CloseReason.FINISHED
+                return self._last_chunk(b"")
+            if self._beat_due:
+                self._beat_due = False
+                self.last_write = time.monotonic()
+                return HEARTBEAT
+            sub.wait()
+
     def _last_chunk(self, pending: bytes) -> bytes:
         """Return what is left to write once the stream has a reason to end."""
         if self._reason is CloseReason.DISCONNECT:
@@ -271,6 +318,10 @@ class EventStream:
         self._wake()
 
     def _wake(self) -> None:
+        if self._direct:
+            self._source.interrupt()  # type: ignore[attr-defined]
+            return
+        assert self._buffer is not None
         try:
             self._buffer.put_nowait(None)
         except Full:
@@ -278,6 +329,11 @@ class EventStream:
 
     def beat(self) -> None:
         """Queue a heartbeat comment unless the stream is busy."""
+        if self._direct:
+            self._beat_due = True
+            self._source.interrupt()  # type: ignore[attr-defined]
+            return
+        assert self._buffer is not None
         try:
             self._buffer.put_nowait(HEARTBEAT)
         except Full:
@@ -298,6 +354,7 @@ class EventStream:
         try:
             with self._context():
                 try:
+                    assert self._buffer is not None
                     put = self._buffer.put
                     encode = self._encode
                     for item in self._source:
@@ -318,6 +375,7 @@ class EventStream:
             self._logger.exception("Exception while closing an event stream")
             self._set_reason(CloseReason.ERROR)
         try:
+            assert self._buffer is not None
             self._buffer.put(None)  # after the last frame: the handler ends
         except gevent.GreenletExit:
             pass
@@ -351,8 +409,9 @@ class EventStream:
             finally:
                 self._release_hub()
             return
-        if self._producer is None:
+        if self._released:
             return  # closed already
+        self._released = True
         self._state = _State.CLOSED
         sock = self._sock
         if self._reason is None:
@@ -383,10 +442,11 @@ class EventStream:
                 pass
         producer, self._producer = self._producer, None
         try:
-            producer.kill(block=True, timeout=5)
+            if producer is not None:
+                producer.kill(block=True, timeout=5)
             if not self._ran:
-                # Killed before it ever ran (the client left at once): its
-                # cleanup is still owed.
+                # No producer ran (a subscription, or the client left before
+                # it started): its cleanup is still owed.
                 self._cleanup_unstarted()
         finally:
             self._release_hub()

@@ -19,7 +19,7 @@ import greenlet
 import pytest
 from gevent.event import Event as Flag
 
-from flask_sse_stream import CloseReason, Event
+from flask_sse_stream import CloseReason, Event, MemoryBroker
 from flask_sse_stream.stream import HEARTBEAT, EventStream, drain, open_streams
 
 pytestmark = pytest.mark.timeout(10)
@@ -394,3 +394,105 @@ def test_a_stream_served_in_a_thread_releases_the_hub_it_made() -> None:
     assert not errors, errors
     assert finalized == [True] * 6
     assert open_fds() == before
+
+
+# A broker subscription as the source: the handler serves it itself.
+
+
+@pytest.fixture
+def broker() -> Iterator[MemoryBroker]:
+    broker = MemoryBroker(history_size=100, queue_size=100)
+    yield broker
+    broker.close()
+
+
+def sub_encode(item: Any) -> bytes:
+    return item.encode() if isinstance(item, Event) else encode(item)
+
+
+def test_a_subscription_is_served_without_a_producer_greenlet(broker: MemoryBroker) -> None:
+    stream = make(broker.subscribe(["c"]), encode=sub_encode)
+    try:
+        before = live_greenlets()
+        assert next(stream) == PREAMBLE
+        assert live_greenlets() == before  # no producer
+        for n in range(3):
+            broker.publish("c", Event(str(n)))
+        # Queued faster than written: one chunk, whole events, in order.
+        chunk = next(stream)
+        assert chunk.count(b"\n\n") == 3
+        assert chunk.index(b"data: 0") < chunk.index(b"data: 2")
+    finally:
+        stream.close()
+
+
+def test_a_subscription_stream_waits_for_the_next_event(broker: MemoryBroker) -> None:
+    stream = make(broker.subscribe(["c"]), encode=sub_encode)
+    try:
+        next(stream)
+        later = gevent.spawn_later(0.05, broker.publish, "c", Event("late"))
+        with gevent.Timeout(2):
+            assert next(stream).endswith(b"data: late\n\n")
+        later.join()
+    finally:
+        stream.close()
+
+
+def test_a_quiet_subscription_stream_gets_heartbeats(broker: MemoryBroker) -> None:
+    stream = make(broker.subscribe(["c"]), encode=sub_encode, heartbeat=0.15)
+    try:
+        next(stream)
+        with gevent.Timeout(2):
+            assert next(stream) == HEARTBEAT
+            assert next(stream) == HEARTBEAT
+    finally:
+        stream.close()
+
+
+def test_drain_ends_a_subscription_stream_with_a_last_retry(broker: MemoryBroker) -> None:
+    subscription = broker.subscribe(["c"])
+    reasons = Reasons()
+    stream = make(subscription, encode=sub_encode, on_close=reasons)
+    try:
+        next(stream)
+        gevent.spawn_later(0.05, drain, 1000, 0.0)
+        with gevent.Timeout(2):
+            assert list(stream) == [b"retry: 1000\n\n"]
+    finally:
+        stream.close()
+    assert subscription.closed
+    assert reasons == [CloseReason.DRAIN]
+    assert broker.stats().subscribers == {}
+
+
+def test_a_client_closing_ends_a_subscription_stream_at_once(
+    broker: MemoryBroker, pair: Pair
+) -> None:
+    subscription = broker.subscribe(["c"])
+    reasons = Reasons()
+    stream = make(subscription, encode=sub_encode, sock=pair.server, on_close=reasons)
+    try:
+        next(stream)
+        gevent.spawn_later(0.05, pair.client.close)
+        with gevent.Timeout(1):
+            assert list(stream) == []
+    finally:
+        stream.close()
+    assert reasons == [CloseReason.DISCONNECT]
+    assert subscription.closed
+
+
+def test_a_dropped_subscription_ends_its_stream(broker: MemoryBroker) -> None:
+    small = MemoryBroker(history_size=10, queue_size=2)
+    subscription = small.subscribe(["c"])
+    stream = make(subscription, encode=sub_encode)
+    try:
+        next(stream)
+        for n in range(5):  # the stream is not read meanwhile: it overflows
+            small.publish("c", Event(str(n)))
+        with gevent.Timeout(2):
+            assert list(stream) == []
+        assert subscription.dropped
+    finally:
+        stream.close()
+        small.close()

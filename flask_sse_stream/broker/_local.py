@@ -491,6 +491,10 @@ class LocalSubscription:
             sub.waiting.clear()
             waker.leave()
 
+    def interrupt(self) -> None:
+        """Make a :meth:`wait` in progress return now; see ``Subscription``."""
+        _wake(self._sub, _get_ident())
+
     def close(self) -> None:
         """End the subscription and release it; idempotent, callable from anywhere."""
         self._replay.clear()

@@ -154,6 +154,15 @@ class Subscription(Protocol):
         """
         ...
 
+    def interrupt(self) -> None:
+        """Make a :meth:`wait` in progress return now, even with nothing queued.
+
+        For whoever serves the subscription and must also react to other
+        things (a disconnect, a heartbeat, a shutdown). Call it from the
+        subscription's own thread; it never blocks.
+        """
+        ...
+
     def close(self) -> None:
         """End the subscription and release it; idempotent, callable from anywhere."""
         ...
