@@ -40,7 +40,7 @@ _HOMES = {
     "BrokerStats": ".broker",
     "MemoryBroker": ".broker",
     "Subscription": ".broker",
-    "BrokerUnavailableError": ".broker.redis",
+    "BrokerUnavailableError": ".broker",
     "RedisBroker": ".broker.redis",
     "Publisher": ".publisher",
     "InvalidChannelError": ".channels",
@@ -60,10 +60,11 @@ if TYPE_CHECKING:
         Broker,
         BrokerClosedError,
         BrokerStats,
+        BrokerUnavailableError,
         MemoryBroker,
         Subscription,
     )
-    from .broker.redis import BrokerUnavailableError, RedisBroker
+    from .broker.redis import RedisBroker
     from .channels import InvalidChannelError
     from .errors import ConfigError, InvalidEventError, SSEError
     from .event import Comment, Event

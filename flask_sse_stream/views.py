@@ -6,7 +6,8 @@ channels, replaying what the client missed when it reconnects with
 
 * 400: no channel, or a malformed channel name;
 * 403: the authorization hook refused a channel (the body names it);
-* 503 with ``Retry-After``: ``SSE_MAX_CONNECTIONS`` streams are open.
+* 503 with ``Retry-After``: ``SSE_MAX_CONNECTIONS`` streams are open, or
+  the broker (Redis) cannot be reached.
 
 ``OPTIONS`` answers CORS preflights for the origins in ``SSE_CORS_ORIGINS``.
 With ``SSE_METRICS``, ``GET <prefix>/metrics`` serves :meth:`SSE.stats` in
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Response, abort, current_app, jsonify, request
 
+from .broker import BrokerUnavailableError
 from .channels import InvalidChannelError, check_channel, last_event_id
 from .metrics import prometheus_text
 
@@ -57,6 +59,21 @@ def cors_headers(config: Config, response: Response, *, preflight: bool = False)
     return response
 
 
+def _refusal(sse: SSE, channels: list[str]) -> Response | None:
+    """The error response for a request the blueprint cannot serve, if any."""
+    if not channels:
+        return error(400, "name at least one ?channel= to subscribe to")
+    try:
+        for name in channels:
+            check_channel(name)
+    except InvalidChannelError as exc:
+        return error(400, str(exc))
+    for name in channels:
+        if not sse.is_allowed(name):
+            return error(403, "not allowed to subscribe to this channel", channel=name)
+    return sse.refuse_if_full()
+
+
 def make_blueprint(sse: SSE) -> Blueprint:
     """Build the blueprint of one :class:`SSE` (see :attr:`SSE.blueprint`)."""
     blueprint = Blueprint("sse", __name__)
@@ -66,27 +83,20 @@ def make_blueprint(sse: SSE) -> Blueprint:
         config = sse.config
         if request.method == "OPTIONS":
             return cors_headers(config, current_app.response_class(status=204), preflight=True)
-        channels = request.args.getlist("channel")
-        if not channels:
-            return cors_headers(config, error(400, "name at least one ?channel= to subscribe to"))
-        try:
-            channels = [check_channel(name) for name in dict.fromkeys(channels)]
-        except InvalidChannelError as exc:
-            return cors_headers(config, error(400, str(exc)))
-        for name in channels:
-            if not sse.is_allowed(name):
-                return cors_headers(
-                    config, error(403, "not allowed to subscribe to this channel", channel=name)
-                )
-        refusal = sse.refuse_if_full()
+        channels = list(dict.fromkeys(request.args.getlist("channel")))
+        refusal = _refusal(sse, channels)
         if refusal is not None:
             return cors_headers(config, refusal)
-        subscription = sse.subscribe(
-            *channels,
-            last_id=last_event_id(
-                request.headers.get("Last-Event-ID"), request.args.get("lastEventId")
-            ),
+        last_id = last_event_id(
+            request.headers.get("Last-Event-ID"), request.args.get("lastEventId")
         )
+        try:
+            subscription = sse.subscribe(*channels, last_id=last_id)
+        except BrokerUnavailableError:
+            current_app.logger.warning("Broker unavailable; refused a stream", exc_info=True)
+            response = error(503, "events are unavailable right now, retry later")
+            response.headers["Retry-After"] = "5"
+            return cors_headers(config, response)
         return cors_headers(config, sse.response(subscription))
 
     @blueprint.get("/metrics")

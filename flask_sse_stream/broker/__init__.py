@@ -11,11 +11,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .base import RESET_EVENT, Broker, BrokerClosedError, BrokerStats, Subscription
+from .base import (
+    RESET_EVENT,
+    Broker,
+    BrokerClosedError,
+    BrokerStats,
+    BrokerUnavailableError,
+    Subscription,
+)
 from .memory import MemoryBroker, MemorySubscription
 
 if TYPE_CHECKING:
-    from .redis import BrokerUnavailableError, RedisBroker, RedisSubscription
+    from .redis import RedisBroker, RedisSubscription
 
 __all__ = [
     "RESET_EVENT",
@@ -30,7 +37,7 @@ __all__ = [
     "Subscription",
 ]
 
-_FROM_REDIS = frozenset({"BrokerUnavailableError", "RedisBroker", "RedisSubscription"})
+_FROM_REDIS = frozenset({"RedisBroker", "RedisSubscription"})
 
 
 def __getattr__(name: str) -> Any:

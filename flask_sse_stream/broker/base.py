@@ -64,6 +64,16 @@ replayed from, so the page should refetch its state. Its ``data`` is empty
 and its ``id`` is the broker's position when the subscription started."""
 
 
+class BrokerUnavailableError(SSEError, RuntimeError):
+    """The broker's backend (Redis) could not be reached, or refused the command, in time.
+
+    A publish that raises this may or may not have been stored: publish
+    again if the event must get through (it then gets a new id). A
+    subscribe that raises this subscribed nothing; the channels blueprint
+    answers it with 503 and ``Retry-After``.
+    """
+
+
 class BrokerClosedError(SSEError, RuntimeError):
     """The broker has been closed; it neither publishes nor subscribes any more."""
 

@@ -84,7 +84,7 @@ from gevent import monkey
 from redis.connection import Connection, parse_url
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-from ..errors import InvalidEventError, SSEError
+from ..errors import InvalidEventError
 from ..event import Event, JSONDumps
 from ._local import (
     LocalFanOut,
@@ -100,22 +100,20 @@ from ._local import (
     _Subscriber,
     _wake,
 )
-from .base import RESET_EVENT, Broker, BrokerClosedError, BrokerStats, Subscription
+from .base import (
+    RESET_EVENT,
+    Broker,
+    BrokerClosedError,
+    BrokerStats,
+    BrokerUnavailableError,
+    Subscription,
+)
 
 __all__ = ["BrokerUnavailableError", "RedisBroker", "RedisSubscription"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-class BrokerUnavailableError(SSEError, RuntimeError):
-    """Redis could not be reached, or refused the command, in time.
-
-    A publish that raises this may or may not have been stored: publish
-    again if the event must get through (it then gets a new id). A
-    subscribe that raises this subscribed nothing.
-    """
 
 
 # The publishing script. Keys: the state hash, the meta hash, the channel's

@@ -4,6 +4,7 @@ a real redis-server, subscribers on raw sockets.
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
@@ -14,7 +15,7 @@ import pytest
 
 from flask_sse_stream.publisher import Publisher
 
-from .helpers import Server, wait_for
+from .helpers import Server, free_port, wait_for
 from .test_e2e_gunicorn import start_gunicorn
 from .test_e2e_pubsub import Subscriber, numbers, post, read_until
 
@@ -158,3 +159,15 @@ def test_a_rolling_restart_while_publishing_loses_and_duplicates_nothing(
     assert not thread.is_alive()
     for i, numbers_seen in enumerate(received):
         assert numbers_seen == list(range(total)), f"subscriber {i}"
+
+
+def test_streams_get_503_with_retry_after_while_redis_is_unreachable(tmp_path: Path) -> None:
+    dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    server = start_gunicorn("gevent", tmp_path, env={"SSE_TEST_BROKER_URL": dead})
+    try:
+        status, body = server.get("/events?channel=down", timeout=30)
+        assert status == 503, body
+        assert json.loads(body)["error"] == "events are unavailable right now, retry later"
+        assert "Broker unavailable" in server.log()
+    finally:
+        server.stop()
