@@ -96,9 +96,12 @@ def draw(data: dict[str, Any], out: Path) -> None:
         ax.tick_params(axis="x", labelsize=7)
         for i, (name, figure) in enumerate(zip(names, figures, strict=True)):
             text = _fmt(figure["median"])
-            if name in row["ours"] and figure.get("ratio") is not None and row["best_peer"]:
-                text += f"  ({figure['ratio']:.2g}x best peer)"
-            ax.text(figure["median"], i, " " + text, va="center", fontsize=7)
+            share = figure.get("ratio")
+            if name in row["ours"] and share and row["best_peer"]:
+                shown = f"1/{1 / share:,.0f}" if share < 0.1 else f"{share:.2g}x"
+                text += f"  ({shown} best peer)"
+            # Right of the whisker, so the two never overlap.
+            ax.text(max(figure["max"], figure["median"]), i, "  " + text, va="center", fontsize=7)
         right = max(f["max"] for f in figures)
         if log and min(medians) > 0:
             ax.set_xlim(min(medians) / 2, right * 30)

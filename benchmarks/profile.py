@@ -7,9 +7,10 @@ the benchmark environment)::
     .venv/bin/python benchmarks/profile.py s2 --server ours --phase sat
     .venv/bin/python benchmarks/profile.py s3 --server ours
     .venv/bin/python benchmarks/profile.py mem --server ours --streams 1000
+    .venv/bin/python benchmarks/profile.py idle --server ours --streams 10000
     .venv/bin/python benchmarks/profile.py s2 --ref HEAD ...   # a commit's library
 
-``s2``/``s3`` drive the scenario's load client against one server and
+``s2``/``s3``/``idle`` drive the scenario's load client against one server and
 sample the serving process with ``py-spy record`` (500 Hz, native frames
 off) in the middle of the phase; the report lists the functions that hold
 the most samples, inclusive and self, and the per-event cost (CPU samples
@@ -101,6 +102,22 @@ def profile_load(args: argparse.Namespace) -> None:
             # The latency phase comes first in the client; saturation starts
             # after it (about 2 s with the subscribers' opening).
             delay = 3.0 if lat else 4.5
+        elif args.command == "idle":
+            flag = Path(tempfile.mkstemp()[1])
+            flag.unlink()
+            job = {
+                "scenario": "idle",
+                "host": "127.0.0.1",
+                "port": server.port,
+                "pid": server.pid,
+                "sizes": [args.streams],
+                "warmup": 5,
+                "settle": 0.5,
+                "window": args.seconds + 4,
+                "opened_flag": str(flag),
+                "extra_pids": {},
+            }
+            delay = 0.0
         else:
             job = {
                 "scenario": "single",
@@ -113,6 +130,11 @@ def profile_load(args: argparse.Namespace) -> None:
             delay = 1.5
         process = core.start_client(job)
         time.sleep(delay)
+        if args.command == "idle":
+            deadline = time.monotonic() + 300
+            while not flag.exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(2.0)
         raw = Path(tempfile.mkstemp(suffix=".txt")[1])
         py_spy(server.pid, args.seconds, raw)
         result = core.finish_client(process, timeout=120)
@@ -130,6 +152,9 @@ def profile_load(args: argparse.Namespace) -> None:
             if args.phase == "lat"
             else phase.get("delivered_per_s", 0.0)
         )
+    elif args.command == "idle":
+        figures = {k: v for k, v in result.items() if k != "stages"}
+        deliveries = result["heartbeats_in_window"] / result["window_s"]
     else:
         figures = result
         deliveries = result["events_per_s"]
@@ -221,7 +246,7 @@ def write(name: str, lines: list[str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("command", choices=("s2", "s3", "mem"))
+    parser.add_argument("command", choices=("s2", "s3", "mem", "idle"))
     parser.add_argument("--server", default="ours")
     parser.add_argument("--phase", choices=("lat", "sat"), default="sat")
     parser.add_argument("--seconds", type=float, default=4.0)
