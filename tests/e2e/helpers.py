@@ -172,14 +172,34 @@ def start_server(
 ) -> Server:
     """Start the test app under ``kind`` and wait until it answers."""
     port = free_port()
+    return start_command(
+        kind, port, server_command(kind, port, drain_timeout), log_dir, ready_timeout=ready_timeout
+    )
+
+
+def start_command(
+    kind: str,
+    port: int,
+    command: list[str],
+    log_dir: Path,
+    *,
+    env: dict[str, str] | None = None,
+    ready_timeout: float = 20.0,
+) -> Server:
+    """Run ``command`` (a server that will listen on ``port``) and wait until it answers."""
     log_path = log_dir / f"{kind}-{port}.log"
     log = log_path.open("wb")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
-    env.pop("PYTHONWARNINGS", None)
+    environ = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        **(env or {}),
+    }
+    environ.pop("PYTHONWARNINGS", None)
     process = subprocess.Popen(
-        server_command(kind, port, drain_timeout),
+        command,
         cwd=ROOT,
-        env=env,
+        env=environ,
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=subprocess.STDOUT,

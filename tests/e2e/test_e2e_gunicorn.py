@@ -4,16 +4,14 @@ and more than 1,000 streams do not starve other requests.
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .helpers import HOST, ROOT, RawClient, Server, free_port, wait_for
+from .helpers import HOST, RawClient, Server, free_port, start_command, wait_for
 from .test_e2e_pubsub import Subscriber, post, read_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
@@ -30,15 +28,6 @@ def start_gunicorn(
 ) -> Server:
     """gunicorn with our recommended config, serving the pub/sub test app."""
     port = free_port()
-    log_path = tmp_path / f"gunicorn-{kind}-{port}.log"
-    log = log_path.open("wb")
-    environ = {
-        **os.environ,
-        "PYTHONUNBUFFERED": "1",
-        "SSE_TEST_RECORD_DIR": str(tmp_path),
-        **(env or {}),
-    }
-    environ.pop("PYTHONWARNINGS", None)
     command = [
         sys.executable,
         "-m",
@@ -55,21 +44,8 @@ def start_gunicorn(
         *extra,
         APP,
     ]
-    process = subprocess.Popen(
-        command,
-        cwd=ROOT,
-        env=environ,
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    server = Server(kind, port, process, log_path, log)
-    try:
-        server.wait_ready(20)
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    environ = {"SSE_TEST_RECORD_DIR": str(tmp_path), **(env or {})}
+    return start_command(f"gunicorn-{kind}", port, command, tmp_path, env=environ)
 
 
 @pytest.fixture(params=["gevent", "gevent_pywsgi"])

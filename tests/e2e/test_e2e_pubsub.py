@@ -5,11 +5,9 @@ subscribers on raw sockets, publishing from greenlets and threads.
 from __future__ import annotations
 
 import json
-import os
 import re
 import selectors
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +18,7 @@ import pytest
 
 from flask_sse_stream.testing import EventStreamParser, ServerSentEvent
 
-from .helpers import HOST, ROOT, Server, free_port, wait_for
+from .helpers import HOST, Server, free_port, start_command, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
@@ -30,25 +28,12 @@ APP = "tests.e2e.pubsub_app:app"
 @pytest.fixture(scope="module")
 def pubsub_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     port = free_port()
-    log_path = tmp_path_factory.mktemp("pubsub") / "runner.log"
-    log = log_path.open("wb")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("PYTHONWARNINGS", None)
     command = [sys.executable, "-m", "flask_sse_stream", "serve", APP, "--port", str(port)]
-    process = subprocess.Popen(
-        [*command, "--no-access-log"],
-        cwd=ROOT,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
+    server = start_command(
+        "runner", port, [*command, "--no-access-log"], tmp_path_factory.mktemp("pubsub")
     )
-    server = Server("runner", port, process, log_path, log)
-    try:
-        server.wait_ready(20)
-        yield server
-    finally:
-        server.stop()
+    yield server
+    server.stop()
 
 
 @pytest.fixture
