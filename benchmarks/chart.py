@@ -35,6 +35,7 @@ LABELS = {
     "ours-gunicorn": "ours (gunicorn)",
     "ours-redis": "ours + Redis (runner)",
     "ours-gunicorn-redis": "ours + Redis (gunicorn)",
+    "ours-gunicorn-channels": "ours, channels (gunicorn)",
     "naive": "naive Flask view",
     "starlette": "sse-starlette",
     "flask-sse": "flask-sse + Redis",

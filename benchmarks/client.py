@@ -97,6 +97,8 @@ class SSEDecoder:
     def feed(self, data: bytes) -> list[tuple[bytes, bytes]]:
         """Return the ``(event type, data)`` of each event completed by ``data``."""
         buf = self._pending + data if self._pending else data
+        if b"\r" not in buf and not self._data and not self._event:
+            return self._feed_blocks(buf)
         if b"\r" in buf:
             if buf.endswith(b"\r"):
                 buf, self._pending = buf[:-1], b"\r"  # maybe half of a CRLF
@@ -112,22 +114,44 @@ class SSEDecoder:
         self._pending = buf[cut + 1 :] + self._pending
         events: list[tuple[bytes, bytes]] = []
         for line in buf[:cut].split(b"\n"):
-            if not line:
-                if self._data:
-                    events.append((self._event or b"message", b"\n".join(self._data)))
-                self._data = []
-                self._event = b""
-            elif line[0] == 58:  # b":"
-                self.comments += 1
-            else:
-                name, _, value = line.partition(b":")
-                if value[:1] == b" ":
-                    value = value[1:]
-                if name == b"data":
-                    self._data.append(value)
-                elif name == b"event":
-                    self._event = value
+            self._line(line, events)
         return events
+
+    def _feed_blocks(self, buf: bytes) -> list[tuple[bytes, bytes]]:
+        # The common case, fast: whole events split at blank lines, most of
+        # them a single "data: " line; anything else goes line by line.
+        blocks = buf.split(b"\n\n")
+        self._pending = blocks.pop()  # not ended by a blank line yet
+        events: list[tuple[bytes, bytes]] = []
+        for block in blocks:
+            if b"\n" not in block:
+                if block[:6] == b"data: ":
+                    events.append((b"message", block[6:]))
+                    continue
+                if block[:1] == b":":
+                    self.comments += 1
+                    continue
+            for line in block.split(b"\n"):
+                self._line(line, events)
+            self._line(b"", events)
+        return events
+
+    def _line(self, line: bytes, events: list[tuple[bytes, bytes]]) -> None:
+        if not line:
+            if self._data:
+                events.append((self._event or b"message", b"\n".join(self._data)))
+            self._data = []
+            self._event = b""
+        elif line[0] == 58:  # b":"
+            self.comments += 1
+        else:
+            name, _, value = line.partition(b":")
+            if value[:1] == b" ":
+                value = value[1:]
+            if name == b"data":
+                self._data.append(value)
+            elif name == b"event":
+                self._event = value
 
 
 class Conn:

@@ -138,11 +138,11 @@ def profile_load(args: argparse.Namespace) -> None:
         raw = Path(tempfile.mkstemp(suffix=".txt")[1])
         py_spy(server.pid, args.seconds, raw)
         result = core.finish_client(process, timeout=120)
-    total, lines = summarize(raw)
+    _, lines = summarize(raw)
     name = (
         f"{args.command}-{args.phase}-{args.server}"
         if args.command == "s2"
-        else f"s3-{args.server}"
+        else f"{args.command}-{args.server}"
     )
     if args.command == "s2":
         phase = result["lat" if args.phase == "lat" else "sat"][0]
@@ -158,16 +158,20 @@ def profile_load(args: argparse.Namespace) -> None:
     else:
         figures = result
         deliveries = result["events_per_s"]
+    cpu = figures.get("server_cpu_pct") or figures.get("cpu_pct")
     header = [
         f"py-spy record, {args.seconds:g} s at 500 Hz, server {spec.name} ({spec.command()})",
         f"client figures: {json.dumps(figures)}",
-        f"CPU samples per second of profile: {total / args.seconds:.0f} (500 = one busy core); "
-        f"about {1e6 * total / 500 / args.seconds / deliveries:.1f} us of server CPU per "
-        "delivered event"
-        if deliveries
-        else "",
-        "",
+        "Shares are of py-spy's samples (a gevent hub waiting in epoll counts as busy); "
+        "the CPU figure is the server's utime+stime over the phase.",
     ]
+    if cpu and deliveries:
+        header.append(
+            f"server CPU {cpu:.0f} % of a core for {deliveries:,.0f} deliveries/s: "
+            f"{cpu * 1e4 / deliveries:.1f} us of CPU per delivered event"
+            + (" (idle: per heartbeat received)" if args.command == "idle" else "")
+        )
+    header.append("")
     write(name, header + lines)
     raw.unlink()
 

@@ -36,6 +36,7 @@ SHORT = {
     "ours-gunicorn": "gunicorn",
     "ours-redis": "runner+Redis",
     "ours-gunicorn-redis": "gunicorn+Redis",
+    "ours-gunicorn-channels": "gunicorn, channels",
     "shared": "shared loop",
 }
 

@@ -154,6 +154,8 @@ class ServerSpec:
     """Runs in the benchmark environment (``benchmarks/.venv``)."""
     max_streams: int | None = None
     """The most idle streams S1 opens on it (see the note on flask-sse)."""
+    idle_path: str = "/idle"
+    """The idle stream of S1; it must deliver one event at once (the probe)."""
 
     def command(self, port: int = 0) -> str:
         """The command as one would type it from the repository root."""
@@ -193,6 +195,17 @@ SERVERS: dict[str, ServerSpec] = {
             _gunicorn("benchmarks.apps:app"),
             True,
             QUICK_EXIT,
+        ),
+        ServerSpec(
+            "ours-gunicorn-channels",
+            "ours, gunicorn -k gevent, idle streams of the channels blueprint",
+            True,
+            _gunicorn("benchmarks.apps:app"),
+            True,
+            QUICK_EXIT,
+            # An unknown last id makes the stream start with the reset event:
+            # the probe, with no publisher needed.
+            idle_path="/events?channel=idle&lastEventId=probe",
         ),
         ServerSpec(
             "naive",
