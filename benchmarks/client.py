@@ -121,7 +121,7 @@ class SSEDecoder:
         # The common case, fast: whole events split at blank lines, most of
         # them a single "data: " line; anything else goes line by line.
         blocks = buf.split(b"\n\n")
-        self._pending = blocks.pop()  # not ended by a blank line yet
+        tail = blocks.pop()  # not ended by a blank line yet
         events: list[tuple[bytes, bytes]] = []
         for block in blocks:
             if b"\n" not in block:
@@ -134,6 +134,13 @@ class SSEDecoder:
             for line in block.split(b"\n"):
                 self._line(line, events)
             self._line(b"", events)
+        # Whole lines of the tail count now: a heartbeat is a lone ":\n"
+        # that no blank line may follow for a long time.
+        cut = tail.rfind(b"\n")
+        if cut >= 0:
+            for line in tail[:cut].split(b"\n"):
+                self._line(line, events)
+        self._pending = tail[cut + 1 :]
         return events
 
     def _line(self, line: bytes, events: list[tuple[bytes, bytes]]) -> None:

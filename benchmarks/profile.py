@@ -193,6 +193,7 @@ def profile_memory(args: argparse.Namespace) -> None:
             "window": 60,
             "opened_flag": str(flag),
             "extra_pids": {},
+            "path": spec.idle_path,
         }
         # Baseline after a warm-up of 5 streams, as S1 does.
         process = core.start_client(job)
@@ -213,7 +214,8 @@ def profile_memory(args: argparse.Namespace) -> None:
         process.wait()
     streams = args.streams
     lines = [
-        f"tracemalloc (25 frames), server {spec.name}: what {streams} idle streams allocated",
+        f"tracemalloc (25 frames), server {spec.name}: what {streams} idle streams "
+        f"({spec.idle_path}) allocated",
         f"total traced growth: {by_line['total'] / streams / 1024:.2f} KiB per stream "
         "(Python allocations only: not the kernel's socket buffers, not libev)",
         "",

@@ -197,6 +197,14 @@ SERVERS: dict[str, ServerSpec] = {
             QUICK_EXIT,
         ),
         ServerSpec(
+            "ours-channels",
+            "ours, our runner, idle streams of the channels blueprint (profile.py mem)",
+            True,
+            _ours("benchmarks.apps:app"),
+            True,
+            idle_path="/events?channel=idle&lastEventId=probe",
+        ),
+        ServerSpec(
             "ours-gunicorn-channels",
             "ours, gunicorn -k gevent, idle streams of the channels blueprint",
             True,
