@@ -116,6 +116,7 @@ def profile_load(args: argparse.Namespace) -> None:
                 "window": args.seconds + 4,
                 "opened_flag": str(flag),
                 "extra_pids": {},
+                "path": spec.idle_path,
             }
             delay = 0.0
         else:
