@@ -8,6 +8,7 @@ the benchmark environment)::
     .venv/bin/python benchmarks/profile.py s3 --server ours
     .venv/bin/python benchmarks/profile.py mem --server ours --streams 1000
     .venv/bin/python benchmarks/profile.py idle --server ours --streams 10000
+    .venv/bin/python benchmarks/profile.py levers --ref HEAD    # proposed changes, measured
     .venv/bin/python benchmarks/profile.py s2 --ref HEAD ...   # a commit's library
 
 ``s2``/``s3``/``idle`` drive the scenario's load client against one server and
@@ -236,6 +237,57 @@ def profile_memory(args: argparse.Namespace) -> None:
     write(f"mem-{spec.name}", lines)
 
 
+def measure_levers(args: argparse.Namespace) -> None:
+    """Ours against ours with a proposed change patched in (benchmarks/apps_levers.py).
+
+    S3 for the encoder's fast path; S2 at 10 events/s and S1 idle CPU for the
+    runner's single-``send`` write. The servers alternate, ``--reps`` times.
+    """
+    import statistics
+
+    def s3(server: Server) -> dict[str, float]:
+        job = {"scenario": "single", "host": "127.0.0.1", "port": server.port}
+        job.update(pid=server.pid, warmup=0.3, window=2.0)
+        result = core.run_client(job, timeout=60)
+        return {"events/s": result["events_per_s"]}
+
+    def s2(server: Server) -> dict[str, float]:
+        job = {
+            "scenario": "fanout",
+            "host": "127.0.0.1",
+            "port": server.port,
+            "pid": server.pid,
+            "path": server.spec.fanout_path,
+            "subscribers": 1000,
+            "sat_seconds": 0.5,
+            "window": 100,
+            "burst": 10,
+            "rate": 10.0,
+            "lat_seconds": 4.0,
+            "drain_timeout": 3.0,
+        }
+        lat = core.run_client(job, timeout=120)["lat"][0]
+        return {
+            "p50 ms": lat["p50_ms"],
+            "p99 ms": lat["p99_ms"],
+            "us CPU per delivery": lat["server_cpu_pct"] * 1e4 / (1000 * lat["rate"]),
+        }
+
+    pairs = (("S3", s3, "ours", "ours-lever-encode"), ("S2", s2, "ours", "ours-lever-sendall"))
+    lines = [f"proposed changes measured against the library as it is, {args.reps} reps, medians"]
+    for scenario, run, base, lever in pairs:
+        figures: dict[str, list[dict[str, float]]] = {base: [], lever: []}
+        with Server(SERVERS[base]) as one, Server(SERVERS[lever]) as two:
+            for _ in range(args.reps):
+                for server in (one, two):
+                    figures[server.spec.name].append(run(server))
+        for name, reps in figures.items():
+            medians = {k: statistics.median(r[k] for r in reps) for k in reps[0]}
+            shown = ", ".join(f"{k} {v:,.1f}" for k, v in medians.items())
+            lines.append(f"{scenario} {name}: {shown}")
+    write("levers", lines)
+
+
 def _short(where: str) -> str:
     for marker in ("site-packages/", "/work/main/", "/tmp/"):
         if marker in where:
@@ -253,7 +305,8 @@ def write(name: str, lines: list[str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("command", choices=("s2", "s3", "mem", "idle"))
+    parser.add_argument("command", choices=("s2", "s3", "mem", "idle", "levers"))
+    parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--server", default="ours")
     parser.add_argument("--phase", choices=("lat", "sat"), default="sat")
     parser.add_argument("--seconds", type=float, default=4.0)
@@ -266,7 +319,9 @@ def main() -> None:
         snapshot = tempfile.TemporaryDirectory(prefix="bench-")
         core.export(args.ref, Path(snapshot.name))
         servers.use_source(Path(snapshot.name))
-    if args.command == "mem":
+    if args.command == "levers":
+        measure_levers(args)
+    elif args.command == "mem":
         profile_memory(args)
     else:
         profile_load(args)

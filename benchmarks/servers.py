@@ -156,6 +156,8 @@ class ServerSpec:
     """The most idle streams S1 opens on it (see the note on flask-sse)."""
     idle_path: str = "/idle"
     """The idle stream of S1; it must deliver one event at once (the probe)."""
+    env: tuple[tuple[str, str], ...] = ()
+    """More environment for the server process."""
 
     def command(self, port: int = 0) -> str:
         """The command as one would type it from the repository root."""
@@ -165,6 +167,7 @@ class ServerSpec:
         ]
         if self.redis_env:
             parts.insert(0, f"{self.redis_env}=redis://127.0.0.1:6379/0")
+        parts[:0] = [f"{name}={value}" for name, value in self.env]
         return " ".join(parts)
 
     def missing(self) -> str | None:
@@ -287,6 +290,17 @@ SERVERS: dict[str, ServerSpec] = {
             redis_env="SSE_BROKER_URL",
             requires=_redis_broker,
         ),
+        *(
+            ServerSpec(
+                f"ours-lever-{levers.replace(',', '+')}",
+                f"ours, our runner, with proposed change(s) {levers} patched in",
+                True,
+                _ours("benchmarks.apps_levers:app"),
+                True,
+                env=(("BENCH_LEVERS", levers),),
+            )
+            for levers in ("encode", "sendall", "encode,sendall")
+        ),
         ServerSpec(
             "naive-timer",
             "naive view + per-stream 15 s heartbeat timer, gunicorn -k gevent",
@@ -404,6 +418,7 @@ class Server:
         self.argv = spec.argv(self.port)
         self.redis = Redis() if spec.redis_env else None
         extra = {spec.redis_env: self.redis.url} if spec.redis_env and self.redis else {}
+        extra.update(spec.env)
         extra.update(env or {})
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop()
         raise_fd_limit()  # the server inherits it (no preexec_fn: safe with threads)

@@ -1,0 +1,64 @@
+"""Our app with proposed library changes patched in, to measure them before they land.
+
+Diagnostic only, like :mod:`apps_breakdown`: ``BENCH_LEVERS`` in the server's
+environment (comma-separated) picks the changes, applied when the server
+imports this module, before any request:
+
+* ``encode``: the encoder sends a ``str`` without line breaks as
+  ``b"data: " + text + b"\\n\\n"`` instead of building an ``Event`` (change 1
+  of docs/benchmarks.md);
+* ``sendall``: our runner's handler tries one ``send()`` before gevent's
+  ``sendall``, which costs a ``getsockopt`` syscall per call (change 6).
+
+Served like :mod:`apps` (same endpoints): ``BENCH_LEVERS=encode python -m
+flask_sse_stream serve benchmarks.apps_levers:app``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from flask_sse_stream import extension, server
+from flask_sse_stream.event import JSONDumps
+
+LEVERS = {name.strip() for name in os.environ.get("BENCH_LEVERS", "").split(",") if name}
+
+if "encode" in LEVERS:
+    _encoder = extension.encoder
+
+    def _fast_encoder(dumps: JSONDumps) -> Callable[[Any], bytes]:
+        slow = _encoder(dumps)
+
+        def encode(item: Any) -> bytes:
+            if type(item) is str and "\n" not in item and "\r" not in item:
+                try:
+                    return b"data: " + item.encode() + b"\n\n"
+                except UnicodeEncodeError:
+                    pass  # the Event path raises the library's error
+            return slow(item)
+
+        return encode
+
+    extension.encoder = _fast_encoder
+
+if "sendall" in LEVERS:
+
+    def _sendall(self: Any, data: bytes) -> None:
+        try:
+            sent = self.socket.send(data)
+            if sent < len(data):
+                self.socket.sendall(memoryview(data)[sent:])
+        except OSError as exc:
+            self.status = f"socket error: {exc}"
+            if self.code > 0:
+                self.code = -self.code
+            raise
+        self.response_length += len(data)
+
+    server.SSEHandler._sendall = _sendall  # type: ignore[method-assign]
+
+from benchmarks.apps import app  # noqa: E402
+
+__all__ = ["app"]
