@@ -19,10 +19,6 @@ from .nginx import Nginx, NginxFactory, nginx_binary, site_config, start_nginx
 APP = "tests.proxy.app:app"
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "proxy: runs a real nginx in front of the app")
-
-
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
