@@ -4,11 +4,18 @@
 greenlets share it:
 
 * the *producer* greenlet runs the view's generator, encodes each item and
-  puts the bytes into a bounded buffer, blocking when the buffer is full so a
+  appends the bytes to a bounded buffer, waiting when the buffer is full so a
   slow client back-pressures the producer and memory stays bounded;
 * the server's *handler* greenlet iterates the stream: each ``next()`` takes
   everything buffered, so events queued faster than the socket drains are
   coalesced into one chunk, and a chunk only ever holds whole events.
+
+A broker subscription needs no producer greenlet: the handler takes its
+events itself (the subscription's queue is the buffer).
+
+While the handler waits, a heartbeat is sent by the heartbeat loop itself,
+beside the server, where :mod:`flask_sse_stream.direct` finds that safe;
+otherwise the handler is woken to write it.
 
 The first ``next()`` returns the preamble (a ``retry:`` field or a comment)
 without waiting for the producer: gevent's pywsgi and gunicorn send the
@@ -31,23 +38,30 @@ import random
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import gevent
 from gevent._hub_local import get_hub_if_exists
-from gevent.hub import Hub
-from gevent.queue import Empty, Full, Queue
+from gevent.hub import Hub, Waiter
 
 from . import heartbeat as _heartbeat
 from .cancel import SocketWatch, peer_closed
+from .direct import DirectWriter, chunk, writer_for
 from .event import Event
 
-__all__ = ["HEARTBEAT", "CloseReason", "EventStream", "drain", "open_streams"]
+__all__ = ["HEARTBEAT", "CloseReason", "EventStream", "drain", "heartbeats", "open_streams"]
 
 HEARTBEAT = b":\n"
 """The comment sent on an idle stream."""
+
+_HEARTBEAT_CHUNK = chunk(HEARTBEAT)
+
+heartbeats: Counter[str] = Counter()
+"""Heartbeats sent by this process's streams: ``"direct"``, by the heartbeat
+loop beside the server, and ``"handler"``, through the server."""
 
 
 class CloseReason(enum.Enum):
@@ -129,29 +143,35 @@ class EventStream:
     __slots__ = (
         "__weakref__",
         "_beat_due",
-        "_buffer",
         "_buffer_size",
         "_context",
         "_direct",
         "_encode",
         "_end_frame",
+        "_frames",
         "_heartbeat",
         "_hub",
         "_logger",
         "_old_timeout",
         "_on_close",
+        "_out",
         "_own_hub",
+        "_parked",
         "_preamble",
         "_producer",
         "_ran",
+        "_raw_rest",
         "_readable",
         "_reason",
         "_released",
+        "_room",
         "_sock",
         "_source",
         "_state",
+        "_waiter",
         "_watch",
         "_write_timeout",
+        "_writer",
         "last_write",
     )
 
@@ -187,11 +207,18 @@ class EventStream:
         self._sock = sock
         self._write_timeout = write_timeout
         self._buffer_size = buffer_size
-        self._buffer: Queue[bytes | None] | None = None
-        # A subscription needs no producer greenlet nor buffer: the handler
-        # takes its events itself (the subscription's queue is the buffer).
+        # The buffer, and the waiters of the handler (for frames) and of the
+        # producer (for room); a list and two Waiters rather than a gevent
+        # Queue, which costs ~2 KiB per idle stream.
+        self._frames: list[bytes] = []
+        self._waiter: Waiter[Any] | None = None
+        self._room: Waiter[Any] | None = None
         self._direct = _is_subscription(source)
         self._beat_due = False
+        self._parked = False
+        self._out = 0
+        self._writer: DirectWriter | None = None
+        self._raw_rest: tuple[Any, bytes] | None = None
         self._released = False
         self._context = context
         self._on_close = on_close
@@ -205,6 +232,15 @@ class EventStream:
         self._watch: SocketWatch | None = None
         self._old_timeout: float | None = None
         self.last_write = 0.0
+
+    def attach(self, start_response: Callable[..., Any]) -> None:
+        """Tell the stream the ``start_response`` its server called the app with.
+
+        Where that is a known server's own, idle streams get their
+        heartbeats without waking the server's handler (see
+        :mod:`flask_sse_stream.direct`).
+        """
+        self._writer = writer_for(start_response)
 
     # The handler greenlet's side: the WSGI iterable.
 
@@ -233,72 +269,103 @@ class EventStream:
             except (OSError, ValueError):
                 self._watch = None  # not watchable here: failed writes tell
         if not self._direct:
-            self._buffer = Queue(self._buffer_size)
             self._producer = gevent.spawn(self._produce)
         if self._heartbeat:
             _heartbeat.for_current_hub().add(self, self._heartbeat)
         self.last_write = time.monotonic()
+        self._out = len(self._preamble)
         return self._preamble
 
     def _next_chunk(self) -> bytes:
         if self._direct:
             return self._next_events()
-        buffer = self._buffer
-        assert buffer is not None
         while True:
-            frames: list[bytes] = []
-            # The flags, not the wake-up item, say that something happened:
-            # a wake-up is dropped when the buffer is full.
-            if not (self._readable or self._reason is not None):
-                frame = buffer.get()
-                if frame is not None:
-                    frames.append(frame)
-            while True:
-                try:
-                    frame = buffer.get_nowait()
-                except Empty:
-                    break
-                if frame is not None:
-                    frames.append(frame)
-            if self._readable and self._reason is None:
-                # The watch fired: the client closed, or (rarely) sent bytes.
-                self._readable = False
-                if self._sock is not None and peer_closed(self._sock):
-                    self._reason = CloseReason.DISCONNECT
+            self._check_flags()
+            frames = self._frames
+            if frames:
+                self._frames = []
+                room = self._room
+                if room is not None:
+                    self._room = None
+                    self._hub.loop.run_callback(room.switch, None)
             if self._reason is not None:
                 return self._last_chunk(b"".join(frames))
             if frames:
-                self.last_write = time.monotonic()
-                return b"".join(frames)
+                return self._written(b"".join(frames))
+            if self._beat_due:
+                heartbeats["handler"] += 1
+                return self._written(HEARTBEAT)
+            waiter = self._waiter = Waiter(self._hub)
+            self._park(waiter.get)
 
     def _next_events(self) -> bytes:
         """The next chunk of a subscription, taken by the handler itself."""
         sub: Any = self._source
         encode = self._encode
         while True:
-            if self._readable and self._reason is None:
-                self._readable = False
-                if self._sock is not None and peer_closed(self._sock):
-                    self._reason = CloseReason.DISCONNECT
+            self._check_flags()
             if self._reason is not None:
                 return self._last_chunk(b"")
             events = sub.get_batch(self._buffer_size)
             if events:
-                self._beat_due = False
-                self.last_write = time.monotonic()
-                return b"".join([encode(event) for event in events])
+                return self._written(b"".join([encode(event) for event in events]))
             if sub.closed:
                 self._reason = CloseReason.FINISHED
                 return self._last_chunk(b"")
             if self._beat_due:
-                self._beat_due = False
-                self.last_write = time.monotonic()
-                return HEARTBEAT
-            sub.wait()
+                heartbeats["handler"] += 1
+                return self._written(HEARTBEAT)
+            self._park(sub.wait)
+
+    def _park(self, wait: Callable[[], object]) -> None:
+        # While parked, the server has written everything the stream gave
+        # it and writes nothing: the window in which beat() may write itself.
+        self._parked = True
+        try:
+            wait()
+        finally:
+            self._parked = False
+            self._waiter = None
+
+    def _check_flags(self) -> None:
+        """Act on what happened while the handler was away (called first on each turn)."""
+        if self._raw_rest is not None:
+            self._send_raw_rest()
+        if self._readable and self._reason is None:
+            # The watch fired: the client closed, or (rarely) sent bytes.
+            self._readable = False
+            if self._sock is not None and peer_closed(self._sock):
+                self._reason = CloseReason.DISCONNECT
+
+    def _send_raw_rest(self) -> None:
+        """Finish a heartbeat the heartbeat loop could send only part of."""
+        assert self._raw_rest is not None
+        sock, rest = self._raw_rest
+        self._raw_rest = None
+        try:
+            sock.sendall(rest)
+        except OSError:
+            gone = peer_closed(sock)
+            # Part of a chunk is on the wire: nothing may follow on this
+            # connection, not even the server's last chunk.
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            if self._reason is None or self._reason is CloseReason.DRAIN:
+                self._reason = CloseReason.DISCONNECT if gone else CloseReason.WRITE_FAILED
+            self._last_chunk(b"")  # raises StopIteration
+
+    def _written(self, data: bytes) -> bytes:
+        """Return ``data`` for the server to write, and note that it did."""
+        self._beat_due = False
+        self._out += len(data)
+        self.last_write = time.monotonic()
+        return data
 
     def _last_chunk(self, pending: bytes) -> bytes:
         """Return what is left to write once the stream has a reason to end."""
-        if self._reason is CloseReason.DISCONNECT:
+        if self._reason is CloseReason.DISCONNECT or self._reason is CloseReason.WRITE_FAILED:
             self._state = _State.CLOSED
             self._stop_producer()
             raise StopIteration
@@ -318,26 +385,34 @@ class EventStream:
         self._wake()
 
     def _wake(self) -> None:
+        """Make the handler take its next turn (a no-op while it is busy writing)."""
         if self._direct:
             self._source.interrupt()  # type: ignore[attr-defined]
             return
-        assert self._buffer is not None
-        try:
-            self._buffer.put_nowait(None)
-        except Full:
-            pass  # the handler is busy writing and checks the flags on its next turn
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            # Waiter.switch must run in the hub.
+            self._hub.loop.run_callback(waiter.switch, None)
 
     def beat(self) -> None:
-        """Queue a heartbeat comment unless the stream is busy."""
-        if self._direct:
-            self._beat_due = True
-            self._source.interrupt()  # type: ignore[attr-defined]
-            return
-        assert self._buffer is not None
-        try:
-            self._buffer.put_nowait(HEARTBEAT)
-        except Full:
-            pass
+        """Send a heartbeat comment, or have the handler send it; never blocks."""
+        if self._parked and self._raw_rest is None and self._writer is not None:
+            sock = self._writer.socket_for(self, self._out)
+            if sock is not None:
+                try:
+                    sent = DirectWriter.send(sock, _HEARTBEAT_CHUNK)
+                except OSError:
+                    sent = 0  # the handler's write will fail and end the stream
+                if sent:
+                    heartbeats["direct"] += 1
+                    self.last_write = time.monotonic()
+                    if sent < len(_HEARTBEAT_CHUNK):
+                        self._raw_rest = (sock, _HEARTBEAT_CHUNK[sent:])
+                        self._wake()
+                    return
+        self._beat_due = True
+        self._wake()
 
     def end(self, last: bytes = b"") -> None:
         """End the stream after what is buffered and ``last``; kill the producer."""
@@ -354,8 +429,7 @@ class EventStream:
         try:
             with self._context():
                 try:
-                    assert self._buffer is not None
-                    put = self._buffer.put
+                    put = self._put
                     encode = self._encode
                     for item in self._source:
                         put(encode(item))
@@ -374,11 +448,14 @@ class EventStream:
         except Exception:
             self._logger.exception("Exception while closing an event stream")
             self._set_reason(CloseReason.ERROR)
-        try:
-            assert self._buffer is not None
-            self._buffer.put(None)  # after the last frame: the handler ends
-        except gevent.GreenletExit:
-            pass
+        self._wake()  # after the last frame: the handler ends
+
+    def _put(self, frame: bytes) -> None:
+        while len(self._frames) >= self._buffer_size:
+            room = self._room = Waiter(self._hub)
+            room.get()  # the handler switches here once it has taken the frames
+        self._frames.append(frame)
+        self._wake()
 
     def _set_reason(self, reason: CloseReason) -> None:
         if self._reason is None:
