@@ -13,9 +13,11 @@ greenlets share it:
 A broker subscription needs no producer greenlet: the handler takes its
 events itself (the subscription's queue is the buffer).
 
-While the handler waits, a heartbeat is sent by the heartbeat loop itself,
-beside the server, where :mod:`flask_sse_stream.direct` finds that safe;
-otherwise the handler is woken to write it.
+While the handler waits, heartbeats (from the heartbeat loop) and a
+subscription's new events (from the hub, as the broker's sink) are written
+beside the server, straight to the socket, where
+:mod:`flask_sse_stream.direct` finds that safe; otherwise the handler is
+woken to write them.
 
 The first ``next()`` returns the preamble (a ``retry:`` field or a comment)
 without waiting for the producer: gevent's pywsgi and gunicorn send the
@@ -270,6 +272,10 @@ class EventStream:
                 self._watch = None  # not watchable here: failed writes tell
         if not self._direct:
             self._producer = gevent.spawn(self._produce)
+        elif self._writer is not None:
+            set_sink = getattr(self._source, "set_sink", None)
+            if set_sink is not None:
+                set_sink(self._deliver)
         if self._heartbeat:
             _heartbeat.for_current_hub().add(self, self._heartbeat)
         self.last_write = time.monotonic()
@@ -413,6 +419,45 @@ class EventStream:
                     return
         self._beat_due = True
         self._wake()
+
+    def _deliver(self) -> bool:
+        """Send a subscription's queued events beside the server; runs in the hub.
+
+        Returns ``False`` when the handler must take its turn instead:
+        something else woke it, no direct write is possible, or the socket
+        did not take the whole chunk (the handler sends the rest first).
+        """
+        if (
+            not self._parked
+            or self._readable
+            or self._reason is not None
+            or self._beat_due
+            or self._raw_rest is not None
+            or self._writer is None
+        ):
+            return False
+        sock = self._writer.socket_for(self, self._out)
+        if sock is None:
+            return False
+        events = self._source.get_batch(self._buffer_size)  # type: ignore[attr-defined]
+        if not events:
+            return False
+        try:
+            frame = chunk(b"".join([self._encode(event) for event in events]))
+        except Exception:
+            self._logger.exception("Exception in event stream; ending the stream")
+            self._reason = CloseReason.ERROR
+            return False
+        try:
+            sent = DirectWriter.send(sock, frame)
+        except OSError:
+            sent = 0  # the handler's write fails too and ends the stream
+        if sent:
+            self.last_write = time.monotonic()
+        if sent < len(frame):
+            self._raw_rest = (sock, frame[sent:])
+            return False
+        return True
 
     def end(self, last: bytes = b"") -> None:
         """End the stream after what is buffered and ``last``; kill the producer."""

@@ -587,6 +587,100 @@ def test_get_batch_takes_replay_then_live_events_without_waiting(broker: Broker)
         assert datas(subscription.get_batch(100)) == ["10"]
 
 
+# Sinks: new events taken in the hub while the subscriber sleeps on.
+
+
+def sink_into(subscription: Subscription, got: list[Event]) -> Callable[[], bool]:
+    def sink() -> bool:
+        batch = subscription.get_batch(1000)
+        got.extend(batch)
+        return bool(batch)
+
+    return sink
+
+
+@pytest.mark.timeout(10)
+def test_a_sink_takes_new_events_and_the_waiter_sleeps_on(broker: Broker, spawn: Spawn) -> None:
+    with broker.subscribe(["c"]) as subscription:
+        got: list[Event] = []
+        subscription.set_sink(sink_into(subscription, got))  # type: ignore[attr-defined]
+        waiter = spawn(subscription.wait)
+        gevent.sleep(0)
+        for number in range(100):
+            broker.publish("c", Event(str(number)))
+            if number % 10 == 0:
+                gevent.sleep(0)
+        wait_until(lambda: len(got) == 100, 5, "the sink to take 100 events")
+        assert datas(got) == [str(number) for number in range(100)]
+        assert not waiter.ready(), "the sink took the events, yet the waiter woke"
+        subscription.interrupt()  # the sink has nothing to take: the waiter wakes
+        assert waiter.get(timeout=5) is True
+
+
+@pytest.mark.timeout(10)
+def test_a_sink_that_declines_wakes_the_waiter_with_the_events_queued(
+    broker: Broker, spawn: Spawn
+) -> None:
+    with broker.subscribe(["c"]) as subscription:
+        calls: list[int] = []
+
+        def decline() -> bool:
+            calls.append(1)
+            return False
+
+        subscription.set_sink(decline)  # type: ignore[attr-defined]
+        waiter = spawn(subscription.wait)
+        gevent.sleep(0)
+        broker.publish("c", Event("x"))
+        assert waiter.get(timeout=5) is True
+        assert calls
+        assert datas(subscription.get_batch(10)) == ["x"]
+
+
+@pytest.mark.timeout(10)
+def test_closing_wakes_a_waiter_without_asking_its_sink(broker: Broker, spawn: Spawn) -> None:
+    subscription = broker.subscribe(["c"])
+    asked: list[int] = []
+    subscription.set_sink(lambda: bool(asked.append(1)) or True)  # type: ignore[attr-defined]
+    waiter = spawn(subscription.wait)
+    gevent.sleep(0)
+    subscription.close()
+    assert waiter.get(timeout=5) is True
+    assert subscription.closed
+    assert not asked
+
+
+@pytest.mark.timeout(30)
+def test_a_sink_loses_nothing_to_a_publisher_thread(broker: Broker, spawn: Spawn) -> None:
+    # The sink and the woken reader take turns; between them every event
+    # arrives exactly once, in order, and none stays queued with nobody awake.
+    count = 5000
+    with broker.subscribe(["c"]) as subscription:
+        got: list[Event] = []
+        subscription.set_sink(sink_into(subscription, got))  # type: ignore[attr-defined]
+
+        def read() -> None:
+            while len(got) < count:
+                subscription.wait()
+                got.extend(subscription.get_batch(1000))
+
+        reader = spawn(read)
+        gevent.sleep(0)
+
+        def publish() -> None:
+            for number in range(count):
+                broker.publish("c", Event(str(number)))
+
+        with fast_thread_switching():
+            thread = threading.Thread(target=publish, daemon=True)
+            thread.start()
+            wait_until(lambda: len(got) >= count, 20, "every event")
+            thread.join(timeout=10)
+        assert datas(got) == [str(number) for number in range(count)]
+        subscription.interrupt()
+        reader.kill()
+
+
 # Stats.
 
 
