@@ -1,23 +1,26 @@
 """The response body of one event stream.
 
-:class:`EventStream` is the WSGI iterable a stream view returns. Two
-greenlets share it:
+:class:`EventStream` is the WSGI iterable a stream view returns. The
+server's *handler* greenlet iterates it; the view's generator, the
+*producer*, runs one of two ways:
 
-* the *producer* greenlet runs the view's generator, encodes each item and
-  appends the bytes to a bounded buffer, waiting when the buffer is full so a
-  slow client back-pressures the producer and memory stays bounded;
-* the server's *handler* greenlet iterates the stream: each ``next()`` takes
-  everything buffered, so events queued faster than the socket drains are
-  coalesced into one chunk, and a chunk only ever holds whole events.
+* in the handler greenlet itself, where the server lets the stream write
+  beside it (:mod:`flask_sse_stream.direct`: our runner, gunicorn's gevent
+  workers). Items are collected into one chunk while the producer makes
+  them without waiting; when it waits, what it made is written at once from
+  the hub, and heartbeats are written by the heartbeat loop. To stop a
+  producer blocked in the middle of its work, an exception is thrown into
+  the handler greenlet where it waits;
+* otherwise in a greenlet of its own, which appends the encoded items to a
+  bounded buffer, waiting when it is full (a slow client back-pressures the
+  producer, memory stays bounded). Each ``next()`` of the handler takes
+  everything buffered: events queued faster than the socket drains are
+  coalesced into one chunk. To stop the producer, its greenlet is killed.
 
-A broker subscription needs no producer greenlet: the handler takes its
-events itself (the subscription's queue is the buffer).
-
-While the handler waits, heartbeats (from the heartbeat loop) and a
-subscription's new events (from the hub, as the broker's sink) are written
-beside the server, straight to the socket, where
-:mod:`flask_sse_stream.direct` finds that safe; otherwise the handler is
-woken to write them.
+Either way a chunk only ever holds whole events. A broker subscription
+needs no producer at all: the handler takes its events itself (the
+subscription's queue is the buffer), and where the server allows it, the
+broker's fan-out writes new events beside the server from the hub.
 
 The first ``next()`` returns the preamble (a ``retry:`` field or a comment)
 without waiting for the producer: gevent's pywsgi and gunicorn send the
@@ -41,7 +44,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -79,6 +82,10 @@ class CloseReason(enum.Enum):
     """A write to the client failed or timed out."""
     DRAIN = "drain"
     """The server is shutting down and asked the client to reconnect."""
+
+
+class _Cancelled(gevent.GreenletExit):
+    """Thrown into the handler greenlet, where it runs the producer, to stop it."""
 
 
 class _State(enum.Enum):
@@ -150,7 +157,9 @@ class EventStream:
         "_direct",
         "_encode",
         "_end_frame",
+        "_flushing",
         "_frames",
+        "_handler",
         "_heartbeat",
         "_hub",
         "_logger",
@@ -167,6 +176,7 @@ class EventStream:
         "_reason",
         "_released",
         "_room",
+        "_runner",
         "_sock",
         "_source",
         "_state",
@@ -174,6 +184,7 @@ class EventStream:
         "_watch",
         "_write_timeout",
         "_writer",
+        "_yield_due",
         "last_write",
     )
 
@@ -231,6 +242,10 @@ class EventStream:
         self._ran = False
         self._end_frame = b""
         self._producer: gevent.Greenlet[[], None] | None = None
+        self._runner: Generator[bytes, None, None] | None = None
+        self._handler: Any = None
+        self._flushing = False
+        self._yield_due = False
         self._watch: SocketWatch | None = None
         self._old_timeout: float | None = None
         self.last_write = 0.0
@@ -270,9 +285,9 @@ class EventStream:
                 self._watch = SocketWatch(sock, self._on_readable)
             except (OSError, ValueError):
                 self._watch = None  # not watchable here: failed writes tell
-        if not self._direct:
+        if not self._direct and self._writer is None:
             self._producer = gevent.spawn(self._produce)
-        elif self._writer is not None:
+        elif self._direct and self._writer is not None:
             set_sink = getattr(self._source, "set_sink", None)
             if set_sink is not None:
                 set_sink(self._deliver)
@@ -285,6 +300,63 @@ class EventStream:
     def _next_chunk(self) -> bytes:
         if self._direct:
             return self._next_events()
+        if self._runner is not None:
+            return self._next_inline()
+        if self._producer is None and self._reason is None:
+            self._begin()
+            if self._runner is not None:
+                return self._next_inline()
+        return self._next_buffered()
+
+    def _begin(self) -> None:
+        """Start the producer: in this greenlet if the server lets us write beside it."""
+        # Asked once the preamble went out: before, the server has neither
+        # sent its headers nor chosen its framing. (Without a writer, the
+        # producer greenlet started with the preamble.)
+        writer = self._writer
+        if writer is not None and writer.socket_for(self, self._out) is not None:
+            self._handler = gevent.getcurrent()
+            self._runner = self._run()
+        else:
+            self._producer = gevent.spawn(self._produce)
+
+    def _next_inline(self) -> bytes:
+        """The next chunk, made by running the producer in the handler greenlet."""
+        runner = self._runner
+        assert runner is not None
+        if self._yield_due:
+            # The last chunk was full: the producer never waits, so let the
+            # other greenlets have a turn, as a full buffer would.
+            self._yield_due = False
+            gevent.sleep(0)
+        while True:
+            self._check_flags()
+            frames = self._frames
+            if self._reason is not None:
+                self._frames = []
+                return self._last_chunk(b"".join(frames))
+            if len(frames) >= self._buffer_size:
+                self._frames = []
+                self._yield_due = True
+                return self._written(b"".join(frames))
+            if not frames and self._beat_due:
+                heartbeats["handler"] += 1
+                return self._written(HEARTBEAT)
+            if frames and not self._flushing:
+                # Runs only if the producer waits: then it sends what is made.
+                self._flushing = True
+                self._hub.loop.run_callback(self._flush)
+            self._parked = True
+            try:
+                frame = next(runner)
+            except (StopIteration, _Cancelled):
+                continue  # the reason is set
+            finally:
+                self._parked = False
+            self._frames.append(frame)
+
+    def _next_buffered(self) -> bytes:
+        """The next chunk, taken from what the producer greenlet buffered."""
         while True:
             self._check_flags()
             frames = self._frames
@@ -395,30 +467,70 @@ class EventStream:
         if self._direct:
             self._source.interrupt()  # type: ignore[attr-defined]
             return
+        if self._runner is not None:
+            self._wake_inline()
+            return
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
             # Waiter.switch must run in the hub.
             self._hub.loop.run_callback(waiter.switch, None)
 
+    def _wake_inline(self) -> None:
+        if self._parked and (self._reason is not None or self._readable):
+            self._hub.loop.run_callback(self._cancel_inline)
+
+    def _cancel_inline(self) -> None:
+        # In the hub: the handler is parked, if at all, in the producer.
+        if self._readable and self._reason is None:
+            self._readable = False
+            if self._sock is not None and peer_closed(self._sock):
+                self._reason = CloseReason.DISCONNECT
+        if self._reason is not None and self._parked:
+            self._handler.throw(_Cancelled)
+
+    def _beside(self) -> Any:
+        """The socket to write on beside the server right now, or ``None``."""
+        if not self._parked or self._raw_rest is not None or self._reason is not None:
+            return None
+        writer = self._writer
+        return None if writer is None else writer.socket_for(self, self._out)
+
+    def _send_beside(self, sock: Any, frame: bytes) -> bool:
+        """Send ``frame`` beside the server; the handler sends what does not fit.
+
+        Returns ``True`` if all of it went.
+        """
+        try:
+            sent = DirectWriter.send(sock, frame)
+        except OSError:
+            sent = 0  # the handler's write fails too, and ends the stream
+        if sent:
+            self.last_write = time.monotonic()
+        if sent < len(frame):
+            self._raw_rest = (sock, frame[sent:])
+            return False
+        return True
+
     def beat(self) -> None:
         """Send a heartbeat comment, or have the handler send it; never blocks."""
-        if self._parked and self._raw_rest is None and self._writer is not None:
-            sock = self._writer.socket_for(self, self._out)
-            if sock is not None:
-                try:
-                    sent = DirectWriter.send(sock, _HEARTBEAT_CHUNK)
-                except OSError:
-                    sent = 0  # the handler's write will fail and end the stream
-                if sent:
-                    heartbeats["direct"] += 1
-                    self.last_write = time.monotonic()
-                    if sent < len(_HEARTBEAT_CHUNK):
-                        self._raw_rest = (sock, _HEARTBEAT_CHUNK[sent:])
-                        self._wake()
-                    return
-        self._beat_due = True
+        sock = self._beside()
+        if sock is None:
+            self._beat_due = True
+        elif self._send_beside(sock, _HEARTBEAT_CHUNK):
+            heartbeats["direct"] += 1
+            return
         self._wake()
+
+    def _flush(self) -> None:
+        """Send what the producer made before it began to wait; runs in the hub."""
+        self._flushing = False
+        frames = self._frames
+        if frames:
+            sock = self._beside()
+            if sock is not None:
+                self._frames = []
+                self._send_beside(sock, chunk(b"".join(frames)))
 
     def _deliver(self) -> bool:
         """Send a subscription's queued events beside the server; runs in the hub.
@@ -427,16 +539,9 @@ class EventStream:
         something else woke it, no direct write is possible, or the socket
         did not take the whole chunk (the handler sends the rest first).
         """
-        if (
-            not self._parked
-            or self._readable
-            or self._reason is not None
-            or self._beat_due
-            or self._raw_rest is not None
-            or self._writer is None
-        ):
+        if self._readable or self._beat_due:
             return False
-        sock = self._writer.socket_for(self, self._out)
+        sock = self._beside()
         if sock is None:
             return False
         events = self._source.get_batch(self._buffer_size)  # type: ignore[attr-defined]
@@ -448,16 +553,7 @@ class EventStream:
             self._logger.exception("Exception in event stream; ending the stream")
             self._reason = CloseReason.ERROR
             return False
-        try:
-            sent = DirectWriter.send(sock, frame)
-        except OSError:
-            sent = 0  # the handler's write fails too and ends the stream
-        if sent:
-            self.last_write = time.monotonic()
-        if sent < len(frame):
-            self._raw_rest = (sock, frame[sent:])
-            return False
-        return True
+        return self._send_beside(sock, frame)
 
     def end(self, last: bytes = b"") -> None:
         """End the stream after what is buffered and ``last``; kill the producer."""
@@ -467,19 +563,19 @@ class EventStream:
             self._stop_producer()
             self._wake()
 
-    # The producer greenlet.
+    # The producer.
 
-    def _produce(self) -> None:
+    def _run(self) -> Generator[bytes, None, None]:
+        """The source's items encoded, inside the view's contexts; then the cleanup."""
         self._ran = True
         try:
             with self._context():
                 try:
-                    put = self._put
                     encode = self._encode
                     for item in self._source:
-                        put(encode(item))
+                        yield encode(item)
                 except gevent.GreenletExit:
-                    raise
+                    raise  # stopped: whoever stopped it has set the reason
                 except Exception:
                     self._logger.exception("Exception in event stream; ending the stream")
                     self._set_reason(CloseReason.ERROR)
@@ -488,11 +584,20 @@ class EventStream:
                 finally:
                     self._close_source()
                     self._call_on_close()
-        except gevent.GreenletExit:
-            return  # whoever killed the producer has set the reason
         except Exception:
             self._logger.exception("Exception while closing an event stream")
             self._set_reason(CloseReason.ERROR)
+
+    def _produce(self) -> None:
+        """The producer greenlet's body."""
+        runner = self._run()
+        try:
+            for frame in runner:
+                self._put(frame)
+        except gevent.GreenletExit:
+            return  # killed: whoever killed it has set the reason
+        finally:
+            runner.close()  # killed while waiting for room: the cleanup runs here
         self._wake()  # after the last frame: the handler ends
 
     def _put(self, frame: bytes) -> None:
@@ -563,9 +668,12 @@ class EventStream:
             except OSError:
                 pass
         producer, self._producer = self._producer, None
+        runner, self._runner = self._runner, None
         try:
             if producer is not None:
                 producer.kill(block=True, timeout=5)
+            if runner is not None:
+                runner.close()  # the handler was not in it: the cleanup runs here
             if not self._ran:
                 # No producer ran (a subscription, or the client left before
                 # it started): its cleanup is still owed.
