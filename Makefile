@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench bench-quick clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,20 @@ lint: $(BIN)/.installed
 test: lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 	$(BIN)/python -m gevent.monkey --module pytest -p no:cacheprovider tests/broker -m redis
+
+# The benchmarks against the peers (docs/benchmarks.md); the peers get a
+# virtualenv of their own, benchmarks/.venv. `bench` measures the last commit
+# (about 13 minutes) and rewrites docs/benchmarks.md; `bench-quick` prints a
+# small run of the working tree (about 90 s).
+benchmarks/.venv/.installed: benchmarks/requirements-peers.txt | $(BIN)/.installed
+	$(BIN)/python benchmarks/core.py --setup
+	touch $@
+
+bench: benchmarks/.venv/.installed
+	$(BIN)/python benchmarks/core.py --ref HEAD
+
+bench-quick: benchmarks/.venv/.installed
+	$(BIN)/python benchmarks/core.py --quick
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache
