@@ -486,8 +486,12 @@ class EventStream:
             self._readable = False
             if self._sock is not None and peer_closed(self._sock):
                 self._reason = CloseReason.DISCONNECT
-        if self._reason is not None and self._parked:
-            self._handler.throw(_Cancelled)
+        # Only for a reason from outside, and once: a producer that has
+        # finished by itself may be in its cleanup, which must run whole.
+        stopped = self._reason is CloseReason.DISCONNECT or self._reason is CloseReason.DRAIN
+        if stopped and self._parked and self._handler is not None:
+            handler, self._handler = self._handler, None
+            handler.throw(_Cancelled)
 
     def _beside(self) -> Any:
         """The socket to write on beside the server right now, or ``None``."""
