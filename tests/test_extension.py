@@ -10,11 +10,14 @@ from typing import Any
 import gevent
 import gevent.event
 import pytest
-from flask import Flask, abort, g, request, session
+from flask import Flask, abort, g, has_app_context, has_request_context, request, session
+from flask.ctx import RequestContext
+from flask.globals import app_ctx, request_ctx
 from flask.json.provider import DefaultJSONProvider
-from werkzeug.test import TestResponse
+from werkzeug.test import EnvironBuilder, TestResponse
 
 from flask_sse_stream import SSE, CloseReason, Comment, ConfigError, Event
+from flask_sse_stream.extension import _flask_context_factory
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -379,3 +382,145 @@ def test_a_stream_iterated_inside_its_request_context_gets_a_copy_of_it(
             response.close()
         assert request.args["q"] == "inside"  # the view's own context is intact
     assert out == b':\n\ndata: {"q": "inside", "user": "grace"}\n\n'
+
+
+def test_the_encoder_is_built_once_per_app_and_again_when_app_json_is_replaced(
+    app: Flask, sse: SSE
+) -> None:
+    @app.get("/s")
+    @sse.stream(retry=None)
+    def s() -> Iterator[Any]:
+        yield {"a": 1}
+
+    state = app.extensions["sse"]
+    first = state.item_encoder(app.json.dumps)
+    assert state.item_encoder(app.json.dumps) is first
+    assert body(app.test_client().get("/s", buffered=False)) == b':\n\ndata: {"a": 1}\n\n'
+
+    class Provider(DefaultJSONProvider):
+        def dumps(self, obj: Any, **kwargs: Any) -> str:
+            return json.dumps({"wrapped": obj}, separators=(",", ":"))
+
+    app.json = Provider(app)
+    assert body(app.test_client().get("/s", buffered=False)) == (
+        b':\n\ndata: {"wrapped":{"a":1}}\n\n'
+    )
+    assert state.item_encoder(app.json.dumps) is not first
+
+
+# The contexts the producer runs in
+
+
+@pytest.fixture
+def teardowns(app: Flask) -> list[tuple[str, BaseException | None]]:
+    """Each teardown that ran, request or app, with the exception it saw."""
+    log: list[tuple[str, BaseException | None]] = []
+    app.teardown_request(lambda exc: log.append(("request", exc)))
+    app.teardown_appcontext(lambda exc: log.append(("app", exc)))
+    return log
+
+
+def test_stream_contexts_push_the_views_again_and_pop_in_reverse_with_the_error(
+    app: Flask, teardowns: list[tuple[str, BaseException | None]]
+) -> None:
+    with app.test_request_context("/s?q=1") as view_ctx:
+        g.user = "ada"
+        view_app_ctx = app_ctx._get_current_object()
+        context = _flask_context_factory()
+    teardowns.clear()
+
+    error = ValueError("boom")
+
+    def produce() -> None:
+        assert request_ctx._get_current_object() is view_ctx
+        assert app_ctx._get_current_object() is view_app_ctx
+        assert (g.user, request.args["q"]) == ("ada", "1")
+        raise error
+
+    with pytest.raises(ValueError, match="boom") as raised, context():
+        produce()
+    assert raised.value is error
+    assert teardowns == [("request", error), ("app", error)]
+    assert not has_app_context()
+
+    # Entered again later (the producer's cleanup when it never ran).
+    with context():
+        assert request_ctx._get_current_object() is view_ctx
+    assert teardowns[2:] == [("request", None), ("app", None)]
+    assert not has_app_context()
+
+
+def test_stream_contexts_still_pushed_are_copied_sharing_request_and_g(app: Flask) -> None:
+    with app.test_request_context("/s?q=1") as view_ctx:
+        g.user = "ada"
+        view_app_ctx = app_ctx._get_current_object()
+        context = _flask_context_factory()
+        with context():
+            assert request_ctx._get_current_object() is not view_ctx
+            assert app_ctx._get_current_object() is not view_app_ctx
+            assert request._get_current_object() is view_ctx.request  # type: ignore[attr-defined]
+            assert g._get_current_object() is view_app_ctx.g  # type: ignore[attr-defined]
+        assert request_ctx._get_current_object() is view_ctx
+        assert app_ctx._get_current_object() is view_app_ctx
+    assert not has_app_context()
+
+
+def test_a_request_context_that_fails_to_push_pops_the_app_context_with_the_error(
+    app: Flask, teardowns: list[tuple[str, BaseException | None]]
+) -> None:
+    class FailingPush(RequestContext):
+        fail = False
+
+        def push(self) -> None:
+            if self.fail:
+                raise OSError("no session store")
+            super().push()
+
+    view_ctx = FailingPush(app, EnvironBuilder("/s").get_environ())
+    with view_ctx:
+        context = _flask_context_factory()
+    teardowns.clear()
+    view_ctx.fail = True
+
+    with pytest.raises(OSError, match="no session store") as raised, context():
+        pytest.fail("entered without a request context")
+    assert teardowns == [("app", raised.value)]
+    assert not has_app_context()
+
+
+def test_a_failing_request_teardown_still_pops_the_app_context_with_its_error(
+    app: Flask, teardowns: list[tuple[str, BaseException | None]]
+) -> None:
+    fail = False
+
+    @app.teardown_request
+    def failing(exc: BaseException | None) -> None:
+        if fail:
+            raise RuntimeError("teardown failed")
+
+    with app.test_request_context("/s"):
+        context = _flask_context_factory()
+    teardowns.clear()
+    fail = True
+
+    with pytest.raises(RuntimeError, match="teardown failed") as raised, context():
+        assert has_request_context()
+    # Teardown functions run in reverse order of registration: ``failing`` first.
+    assert teardowns == [("app", raised.value)]
+    assert not has_app_context()
+
+
+def test_an_app_context_stream_without_a_request_pushes_only_the_app_context(
+    app: Flask, teardowns: list[tuple[str, BaseException | None]]
+) -> None:
+    with app.app_context() as view_app_ctx:
+        g.job = 7
+        context = _flask_context_factory()
+    teardowns.clear()
+
+    with context():
+        assert app_ctx._get_current_object() is view_app_ctx
+        assert not has_request_context()
+        assert g.job == 7
+    assert teardowns == [("app", None)]
+    assert not has_app_context()
