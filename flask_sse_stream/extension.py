@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Final, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Final, TypeVar, overload
 
 from flask import Blueprint, Flask, Response, current_app, has_request_context, jsonify
 from flask.ctx import AppContext, RequestContext
@@ -26,6 +26,9 @@ from .config import Config
 from .errors import InvalidEventError
 from .event import Comment, Event, JSONDumps
 from .stream import CloseReason, EventStream, open_streams
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
 __all__ = ["SSE", "stream_headers"]
 
@@ -230,6 +233,16 @@ class _PushedContexts:
                 self._app_ctx.__exit__(type(error), error, error.__traceback__)
                 raise
         self._app_ctx.__exit__(exc_type, exc, tb)
+
+
+class _StreamResponse(Response):
+    """A stream's response: tells the stream which server is writing it."""
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        body = self.response
+        if isinstance(body, EventStream):
+            body.attach(start_response)
+        return super().__call__(environ, start_response)
 
 
 class SSE:
@@ -476,7 +489,9 @@ class SSE:
             on_close=on_close,
             logger=app.logger,
         )
-        return Response(body, status=status, headers=stream_headers(), direct_passthrough=True)
+        return _StreamResponse(
+            body, status=status, headers=stream_headers(), direct_passthrough=True
+        )
 
     @overload
     def stream(self, view: F) -> F: ...

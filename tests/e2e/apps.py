@@ -28,7 +28,7 @@ import greenlet
 from flask import Flask, request
 
 from flask_sse_stream import SSE, CloseReason, Event
-from flask_sse_stream.stream import open_streams
+from flask_sse_stream.stream import heartbeats, open_streams
 
 app = Flask(__name__)
 app.config.update(
@@ -92,6 +92,7 @@ def state() -> dict[str, Any]:
         "finalized": finalized,
         "closed": closed,
         "produced": produced,
+        "heartbeats": dict(heartbeats),
     }
 
 
@@ -160,6 +161,19 @@ def fast() -> Iterator[str]:
         _mark(finalized)
 
 
+@app.get("/burst")
+@sse.stream
+def burst() -> Iterator[Event]:
+    """``n`` events at once, then blocked like ``/blocked``."""
+    _mark(started)
+    try:
+        for i in range(request.args.get("n", 3, type=int)):
+            yield Event(f"burst {i}", id=str(i))
+        gevent.sleep(BLOCK)
+    finally:
+        _mark(finalized)
+
+
 @app.get("/inject/<case>")
 @sse.stream
 def inject(case: str) -> Iterator[Event]:
@@ -174,3 +188,32 @@ def inject(case: str) -> Iterator[Event]:
 def raises() -> Iterator[Event]:
     yield Event("first")
     raise RuntimeError("secret-internal-detail")
+
+
+class _MarkChunks:
+    """A middleware that changes the body of ``/marked/...``: a comment after each chunk.
+
+    The server then writes other bytes than the stream returned, so the
+    stream must not write beside it (see ``flask_sse_stream.direct``).
+    """
+
+    def __init__(self, wsgi_app: Any) -> None:
+        self.wsgi_app = wsgi_app
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        path = environ["PATH_INFO"]
+        if not path.startswith("/marked/"):
+            return self.wsgi_app(environ, start_response)
+        environ["PATH_INFO"] = path.removeprefix("/marked")
+        return self._marked(self.wsgi_app(environ, start_response))
+
+    @staticmethod
+    def _marked(body: Any) -> Iterator[bytes]:
+        try:
+            for chunk in body:
+                yield chunk + b": marked\n"
+        finally:
+            body.close()
+
+
+app.wsgi_app = _MarkChunks(app.wsgi_app)  # type: ignore[method-assign]
