@@ -25,7 +25,7 @@ from .channels import check_channel, last_event_id
 from .config import Config
 from .errors import InvalidEventError
 from .event import Comment, Event, JSONDumps
-from .stream import CloseReason, EventStream, open_streams
+from .stream import CloseReason, EventStream, heartbeats, open_streams
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -393,7 +393,9 @@ class SSE:
         ``resets`` sent instead of a replay; subscribers ``dropped_slow``
         because they fell ``SSE_QUEUE_SIZE`` events behind; events
         ``queued`` for subscribers and held in ``history`` now; streams
-        ``closed`` by :class:`CloseReason`.
+        ``closed`` by :class:`CloseReason`; ``heartbeats`` sent by this
+        process's streams, ``direct`` (written beside the server, see
+        ``docs/design.md``) and through the ``handler``.
         """
         state = self._state()
         broker = state.broker.stats()
@@ -408,6 +410,7 @@ class SSE:
             "queued": broker.queued,
             "history": broker.history,
             "closed": {reason.value: state.closed[reason.value] for reason in CloseReason},
+            "heartbeats": {way: heartbeats[way] for way in ("direct", "handler")},
         }
 
     def _state(self) -> _AppState:

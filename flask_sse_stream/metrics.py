@@ -43,6 +43,13 @@ _METRICS = (
         None,
     ),
     ("closed", "sse_streams_closed_total", "counter", "Streams ended, by reason.", "reason"),
+    (
+        "heartbeats",
+        "sse_heartbeats_total",
+        "counter",
+        "Heartbeats sent, by the way they were written.",
+        "way",
+    ),
 )
 
 

@@ -14,6 +14,7 @@ def test_stats_render_as_prometheus_text() -> None:
             "delivered": 25,
             "dropped_slow": 1,
             "closed": {"disconnect": 4, "finished": 0},
+            "heartbeats": {"direct": 7, "handler": 1},
         }
     )
     lines = text.splitlines()
@@ -26,6 +27,7 @@ def test_stats_render_as_prometheus_text() -> None:
     assert "sse_events_delivered_total 25" in lines
     assert "sse_subscribers_dropped_total 1" in lines
     assert 'sse_streams_closed_total{reason="disconnect"} 4' in lines
+    assert 'sse_heartbeats_total{way="direct"} 7' in lines
     assert text.endswith("\n")
 
 

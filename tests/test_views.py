@@ -233,6 +233,7 @@ def test_stats_count_streams_closed_by_reason(app: Flask, sse: SSE) -> None:
         stats = sse.stats()
     assert stats["open_streams"] == 0
     assert sum(stats["closed"].values()) == 1
+    assert set(stats["heartbeats"]) == {"direct", "handler"}
 
 
 def test_a_view_can_stream_a_subscription(app: Flask, sse: SSE, opened: list[TestResponse]) -> None:
