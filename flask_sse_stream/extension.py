@@ -156,7 +156,7 @@ def make_broker(config: Config) -> Broker:
 
 
 def _flask_context_factory() -> Callable[[], AbstractContextManager[None]]:
-    """Return what gives the producer greenlet the view's Flask contexts.
+    """Return what gives the producer the view's Flask contexts.
 
     The view returns before its generator runs, and Flask pops the view's
     contexts as soon as the response is returned. The producer pushes the

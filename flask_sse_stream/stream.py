@@ -142,7 +142,7 @@ class EventStream:
     :param write_timeout: seconds one write may block before the client is
         dropped; needs ``sock``.
     :param buffer_size: how many encoded items may wait for the socket.
-    :param context: entered in the producer greenlet around the whole
+    :param context: entered where the producer runs, around the whole
         iteration, to give it the Flask application and request contexts.
     :param on_close: called once, inside ``context``, with the reason the
         stream ended.
@@ -253,8 +253,9 @@ class EventStream:
     def attach(self, start_response: Callable[..., Any]) -> None:
         """Tell the stream the ``start_response`` its server called the app with.
 
-        Where that is a known server's own, idle streams get their
-        heartbeats without waking the server's handler (see
+        Where that is a known server's own, a waiting stream's heartbeats,
+        new events and a generator's items are written without waking the
+        server's handler, and a generator view runs in that handler (see
         :mod:`flask_sse_stream.direct`).
         """
         self._writer = writer_for(start_response)
@@ -340,8 +341,7 @@ class EventStream:
                 self._yield_due = True
                 return self._written(b"".join(frames))
             if not frames and self._beat_due:
-                heartbeats["handler"] += 1
-                return self._written(HEARTBEAT)
+                return self._beat_through_server()
             if frames and not self._flushing:
                 # Runs only if the producer waits: then it sends what is made.
                 self._flushing = True
@@ -371,8 +371,7 @@ class EventStream:
             if frames:
                 return self._written(b"".join(frames))
             if self._beat_due:
-                heartbeats["handler"] += 1
-                return self._written(HEARTBEAT)
+                return self._beat_through_server()
             waiter = self._waiter = Waiter(self._hub)
             self._park(waiter.get)
 
@@ -391,8 +390,7 @@ class EventStream:
                 self._reason = CloseReason.FINISHED
                 return self._last_chunk(b"")
             if self._beat_due:
-                heartbeats["handler"] += 1
-                return self._written(HEARTBEAT)
+                return self._beat_through_server()
             self._park(sub.wait)
 
     def _park(self, wait: Callable[[], object]) -> None:
@@ -409,6 +407,9 @@ class EventStream:
         """Act on what happened while the handler was away (called first on each turn)."""
         if self._raw_rest is not None:
             self._send_raw_rest()
+        self._check_readable()
+
+    def _check_readable(self) -> None:
         if self._readable and self._reason is None:
             # The watch fired: the client closed, or (rarely) sent bytes.
             self._readable = False
@@ -416,7 +417,7 @@ class EventStream:
                 self._reason = CloseReason.DISCONNECT
 
     def _send_raw_rest(self) -> None:
-        """Finish a heartbeat the heartbeat loop could send only part of."""
+        """Finish a chunk that was sent beside the server only in part."""
         assert self._raw_rest is not None
         sock, rest = self._raw_rest
         self._raw_rest = None
@@ -433,6 +434,11 @@ class EventStream:
             if self._reason is None or self._reason is CloseReason.DRAIN:
                 self._reason = CloseReason.DISCONNECT if gone else CloseReason.WRITE_FAILED
             self._last_chunk(b"")  # raises StopIteration
+
+    def _beat_through_server(self) -> bytes:
+        """Return a heartbeat for the server to write."""
+        heartbeats["handler"] += 1
+        return self._written(HEARTBEAT)
 
     def _written(self, data: bytes) -> bytes:
         """Return ``data`` for the server to write, and note that it did."""
@@ -482,10 +488,7 @@ class EventStream:
 
     def _cancel_inline(self) -> None:
         # In the hub: the handler is parked, if at all, in the producer.
-        if self._readable and self._reason is None:
-            self._readable = False
-            if self._sock is not None and peer_closed(self._sock):
-                self._reason = CloseReason.DISCONNECT
+        self._check_readable()
         # Only for a reason from outside, and once: a producer that has
         # finished by itself may be in its cleanup, which must run whole.
         stopped = self._reason is CloseReason.DISCONNECT or self._reason is CloseReason.DRAIN
