@@ -35,7 +35,8 @@ How it is built, and why:
   so the cross-thread path is the normal case there, not a corner.
 * A subscriber may have a *sink* (:meth:`LocalSubscription.set_sink`): that
   callback runs in the hub instead of the switch and, if it takes the
-  queued events itself, the waiter sleeps on. An event stream's sink writes
+  queued events itself, the waiter sleeps on. An interrupt or the end of
+  the subscription switches without asking it. An event stream's sink writes
   them straight to the client socket without a greenlet switch (see
   :mod:`flask_sse_stream.direct`), which lets one publish reach a thousand
   subscribers in one tight pass.
@@ -136,11 +137,11 @@ def _switch_all(waker: _HubWaker) -> None:
         except IndexError:
             return
         sink = sub.sink
-        if sink is not None and not sub.ended and sink():
+        if sink is not None and not (sub.ended or sub.interrupted) and sink():
             # The sink took the events; the owner waits on. Announce, then
             # look: a publisher in another thread may have queued more since.
             sub.waiting.append((waker, waiter))
-            if not (sub.queue or sub.ended):
+            if not (sub.queue or sub.ended or sub.interrupted):
                 continue
             try:
                 sub.waiting.pop()
@@ -218,7 +219,16 @@ def _current_waker() -> _HubWaker:
 class _Subscriber:
     """What the broker holds of one subscription; the fan-out loop's unit."""
 
-    __slots__ = ("__weakref__", "channels", "dropped", "ended", "queue", "sink", "waiting")
+    __slots__ = (
+        "__weakref__",
+        "channels",
+        "dropped",
+        "ended",
+        "interrupted",
+        "queue",
+        "sink",
+        "waiting",
+    )
 
     def __init__(self, channels: tuple[str, ...]) -> None:
         self.channels = channels
@@ -229,6 +239,9 @@ class _Subscriber:
         self.ended = False
         self.dropped = False
         self.sink: Callable[[], bool] | None = None
+        # Set by interrupt() for the wait in progress: a flag, not a kind of
+        # wake-up, since a publisher may already have queued the waiter.
+        self.interrupted = False
 
 
 def _wake(sub: _Subscriber, thread_id: int) -> None:
@@ -491,6 +504,7 @@ class LocalSubscription:
         waiter: Waiter[Any] = Waiter(waker.hub)
         waker.enter()
         try:
+            sub.interrupted = False
             sub.waiting.append((waker, waiter))
             # Announce, then look: a publisher appends, then looks for a
             # waiter, so one of the two sees the other.
@@ -512,17 +526,18 @@ class LocalSubscription:
 
     def interrupt(self) -> None:
         """Make a :meth:`wait` in progress return now; see ``Subscription``."""
-        _wake(self._sub, _get_ident())
+        sub = self._sub
+        sub.interrupted = True
+        _wake(sub, _get_ident())
 
     def set_sink(self, sink: Callable[[], bool] | None) -> None:
         """Let ``sink()`` take new events in the hub while :meth:`wait` waits.
 
-        When events arrive for a waiting subscription, ``sink`` is called in
-        the waiting greenlet's hub instead of waking it. It must not block or
-        switch; it returns ``True`` if it took every queued event (with
-        :meth:`get_batch`), and the wait goes on, or ``False`` to wake the
-        waiter as usual (also what an interrupt or the end of the
-        subscription always do). ``None`` removes it.
+        The rules are those of ``Subscription.set_sink``: called in the
+        waiting greenlet's hub; ``True`` if it took the queued events (with
+        :meth:`get_batch`), and the wait goes on; ``False`` wakes the waiter;
+        it must not block or switch; an interrupt and the end of the
+        subscription wake the waiter without asking it; ``None`` removes it.
         """
         self._sub.sink = sink
 

@@ -35,6 +35,9 @@ The rules, in one place:
   event arrives is *dropped*: its queue is freed, its iteration ends, it is
   counted in :attr:`BrokerStats.dropped_slow`, and the client is expected to
   reconnect with its last id and replay. Other subscriptions are unaffected.
+* **Sinks.** A subscription may hand the events that arrive while its
+  owner waits to a sink, called in the hub, instead of waking the owner;
+  the rules are those of :meth:`Subscription.set_sink`.
 * **Release.** Closing a subscription (or its being dropped) removes every
   reference the broker holds to it; a channel whose last subscription leaves
   keeps no subscriber structure (its history, which is bounded, may stay).
@@ -42,7 +45,7 @@ The rules, in one place:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Protocol, runtime_checkable
@@ -169,7 +172,35 @@ class Subscription(Protocol):
 
         For whoever serves the subscription and must also react to other
         things (a disconnect, a heartbeat, a shutdown). Call it from the
-        subscription's own thread; it never blocks.
+        subscription's own thread; it never blocks. A sink (see
+        :meth:`set_sink`) is not asked: the waiter wakes.
+        """
+        ...
+
+    def set_sink(self, sink: Callable[[], bool] | None) -> None:
+        """Let ``sink()`` take newly arrived events in the hub, instead of waking the waiter.
+
+        For a server that can write events to its client without switching
+        to the greenlet that waits (one publish can then reach many clients
+        in one pass of the hub). The rules:
+
+        * ``sink`` is called in the hub of the greenlet that waits in
+          :meth:`wait` (or in ``next()``) when events arrive for this
+          subscription while it waits; never while nobody waits, never in a
+          publisher's thread. One call may find the events of several
+          publishes queued.
+        * It returns ``True`` if it took the events itself (with
+          :meth:`get_batch`): the waiter sleeps on. It returns ``False`` to
+          wake the waiter instead, with what is queued left for it. If events
+          are still queued after a ``True`` (it left some, or more arrived
+          meanwhile), the waiter wakes anyway: nothing stays queued with
+          nobody awake.
+        * It never blocks and never switches greenlets: it runs in the hub.
+        * :meth:`interrupt` and the end of the subscription (:meth:`close`,
+          a drop, the broker closing) wake the waiter without asking it.
+        * ``None`` removes the sink; setting another replaces it.
+          :meth:`close` removes it too: the subscription keeps no reference
+          to it.
         """
         ...
 

@@ -153,6 +153,16 @@ def take(subscription: Subscription, count: int, timeout: float = 10) -> list[Ev
     return events
 
 
+def claims_everything(asked: list[int]) -> Callable[[], bool]:
+    """A sink that says it took the events, and counts in ``asked`` how often it is asked."""
+
+    def sink() -> bool:
+        asked.append(1)
+        return True
+
+    return sink
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float = 10, what: str = "") -> None:
     """Let other greenlets run until ``predicate()`` holds; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

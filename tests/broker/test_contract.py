@@ -29,7 +29,14 @@ from flask_sse_stream.broker import (
     Subscription,
 )
 
-from .conftest import MakeBroker, fast_thread_switching, is_ended, take, wait_until
+from .conftest import (
+    MakeBroker,
+    claims_everything,
+    fast_thread_switching,
+    is_ended,
+    take,
+    wait_until,
+)
 
 Spawn = Callable[..., "gevent.Greenlet[Any, Any]"]
 
@@ -590,8 +597,12 @@ def test_get_batch_takes_replay_then_live_events_without_waiting(broker: Broker)
 # Sinks: new events taken in the hub while the subscriber sleeps on.
 
 
-def sink_into(subscription: Subscription, got: list[Event]) -> Callable[[], bool]:
+def sink_into(
+    subscription: Subscription, got: list[Event], in_hub: list[bool] | None = None
+) -> Callable[[], bool]:
     def sink() -> bool:
+        if in_hub is not None:
+            in_hub.append(gevent.getcurrent() is gevent.get_hub())
         batch = subscription.get_batch(1000)
         got.extend(batch)
         return bool(batch)
@@ -600,10 +611,13 @@ def sink_into(subscription: Subscription, got: list[Event]) -> Callable[[], bool
 
 
 @pytest.mark.timeout(10)
-def test_a_sink_takes_new_events_and_the_waiter_sleeps_on(broker: Broker, spawn: Spawn) -> None:
+def test_a_sink_takes_new_events_in_the_hub_and_the_waiter_sleeps_on(
+    broker: Broker, spawn: Spawn
+) -> None:
     with broker.subscribe(["c"]) as subscription:
         got: list[Event] = []
-        subscription.set_sink(sink_into(subscription, got))  # type: ignore[attr-defined]
+        in_hub: list[bool] = []
+        subscription.set_sink(sink_into(subscription, got, in_hub))
         waiter = spawn(subscription.wait)
         gevent.sleep(0)
         for number in range(100):
@@ -612,42 +626,95 @@ def test_a_sink_takes_new_events_and_the_waiter_sleeps_on(broker: Broker, spawn:
                 gevent.sleep(0)
         wait_until(lambda: len(got) == 100, 5, "the sink to take 100 events")
         assert datas(got) == [str(number) for number in range(100)]
+        assert in_hub
+        assert all(in_hub), "the sink ran outside the hub"
         assert not waiter.ready(), "the sink took the events, yet the waiter woke"
-        subscription.interrupt()  # the sink has nothing to take: the waiter wakes
+        subscription.interrupt()
         assert waiter.get(timeout=5) is True
 
 
 @pytest.mark.timeout(10)
-def test_a_sink_that_declines_wakes_the_waiter_with_the_events_queued(
-    broker: Broker, spawn: Spawn
+def test_a_sink_is_not_asked_while_nobody_waits(broker: Broker) -> None:
+    with broker.subscribe(["c"]) as subscription:
+        asked: list[int] = []
+        subscription.set_sink(claims_everything(asked))
+        for number in range(3):
+            broker.publish("c", Event(str(number)))
+        # Delivery may be asynchronous (through Redis, it is).
+        wait_until(lambda: broker.stats().queued == 3, 5, "delivery")
+        assert not asked
+        assert datas(subscription.get_batch(10)) == ["0", "1", "2"]
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize(
+    ("claims", "removed"),
+    [
+        pytest.param(False, False, id="declines"),
+        pytest.param(True, False, id="claims-but-takes-nothing"),
+        pytest.param(True, True, id="removed"),
+    ],
+)
+def test_the_waiter_wakes_with_the_event_queued_when_no_sink_takes_it(
+    broker: Broker, spawn: Spawn, claims: bool, removed: bool
 ) -> None:
     with broker.subscribe(["c"]) as subscription:
-        calls: list[int] = []
+        asked: list[int] = []
 
-        def decline() -> bool:
-            calls.append(1)
-            return False
+        def sink() -> bool:
+            asked.append(1)
+            return claims
 
-        subscription.set_sink(decline)  # type: ignore[attr-defined]
+        subscription.set_sink(sink)
+        if removed:
+            subscription.set_sink(None)
         waiter = spawn(subscription.wait)
         gevent.sleep(0)
         broker.publish("c", Event("x"))
         assert waiter.get(timeout=5) is True
-        assert calls
+        assert bool(asked) is not removed
         assert datas(subscription.get_batch(10)) == ["x"]
+
+
+@pytest.mark.timeout(10)
+def test_an_interrupt_wakes_the_waiter_without_asking_its_sink(
+    broker: Broker, spawn: Spawn
+) -> None:
+    with broker.subscribe(["c"]) as subscription:
+        asked: list[int] = []
+        subscription.set_sink(claims_everything(asked))
+        waiter = spawn(subscription.wait)
+        gevent.sleep(0)
+        subscription.interrupt()
+        assert waiter.get(timeout=5) is True
+        assert not asked
 
 
 @pytest.mark.timeout(10)
 def test_closing_wakes_a_waiter_without_asking_its_sink(broker: Broker, spawn: Spawn) -> None:
     subscription = broker.subscribe(["c"])
     asked: list[int] = []
-    subscription.set_sink(lambda: bool(asked.append(1)) or True)  # type: ignore[attr-defined]
+    subscription.set_sink(claims_everything(asked))
     waiter = spawn(subscription.wait)
     gevent.sleep(0)
     subscription.close()
     assert waiter.get(timeout=5) is True
     assert subscription.closed
     assert not asked
+
+
+def test_closing_lets_go_of_the_sink(broker: Broker) -> None:
+    subscription = broker.subscribe(["c"])
+
+    def sink() -> bool:
+        return False
+
+    subscription.set_sink(sink)
+    gone = weakref.ref(sink)
+    del sink
+    subscription.close()
+    gc.collect()
+    assert gone() is None
 
 
 @pytest.mark.timeout(30)
@@ -657,7 +724,7 @@ def test_a_sink_loses_nothing_to_a_publisher_thread(broker: Broker, spawn: Spawn
     count = 5000
     with broker.subscribe(["c"]) as subscription:
         got: list[Event] = []
-        subscription.set_sink(sink_into(subscription, got))  # type: ignore[attr-defined]
+        subscription.set_sink(sink_into(subscription, got))
 
         def read() -> None:
             while len(got) < count:

@@ -25,7 +25,7 @@ from flask_sse_stream import Event
 from flask_sse_stream.broker import RESET_EVENT, MemoryBroker, MemorySubscription
 from flask_sse_stream.broker._local import _current_waker
 
-from .conftest import take, wait_until
+from .conftest import claims_everything, take, wait_until
 
 ID = re.compile(r"([0-9a-z]{1,8})-(0|[1-9a-z][0-9a-z]*)")
 
@@ -119,6 +119,24 @@ def test_every_subscriber_gets_the_same_event_object_and_delivery_is_immediate(
         # In the publisher's own thread delivery is synchronous.
         assert one.get_batch(10)[0] is stored
         assert two.get_batch(10)[0] is stored
+
+
+@pytest.mark.timeout(10)
+def test_an_interrupt_right_after_a_publish_wakes_the_waiter_without_asking_its_sink(
+    memory: MemoryBroker,
+) -> None:
+    # The publish has already queued the waiter to be switched to in the hub
+    # when the interrupt comes: the sink must still not be asked.
+    with memory.subscribe(["c"]) as subscription:
+        asked: list[int] = []
+        subscription.set_sink(claims_everything(asked))
+        waiter = gevent.spawn(subscription.wait)
+        gevent.sleep(0)
+        memory.publish("c", Event("x"))
+        subscription.interrupt()
+        assert waiter.get(timeout=5) is True
+        assert not asked
+        assert [e.data for e in subscription.get_batch(10)] == ["x"]
 
 
 def test_the_replay_does_not_count_against_the_queue() -> None:
