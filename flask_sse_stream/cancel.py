@@ -9,7 +9,8 @@ be sure and never consume a byte.
 
 The socket is found under these ``environ`` keys, first match wins:
 
-* ``flask_sse_stream.socket``: our :func:`~flask_sse_stream.serve` runner;
+* ``flask_sse_stream.socket``: our handlers (the :func:`~flask_sse_stream.serve`
+  runner's, and :class:`flask_sse_stream.gunicorn.GeventWorker`'s);
 * ``gunicorn.socket``: gunicorn's ``gevent`` worker (and its other workers);
 * ``gunicorn.sock``: gunicorn's ``gevent_pywsgi`` worker;
 * ``werkzeug.socket``: the werkzeug development server (``flask run``).
@@ -26,9 +27,12 @@ from typing import Any
 import gevent
 from gevent import monkey
 
-__all__ = ["SOCKET_KEYS", "SocketWatch", "find_socket", "peer_closed"]
+__all__ = ["SOCKET_KEY", "SOCKET_KEYS", "SocketWatch", "find_socket", "peer_closed"]
 
-SOCKET_KEYS = ("flask_sse_stream.socket", "gunicorn.socket", "gunicorn.sock", "werkzeug.socket")
+SOCKET_KEY = "flask_sse_stream.socket"
+"""Where our handlers put the client socket in ``environ``."""
+
+SOCKET_KEYS = (SOCKET_KEY, "gunicorn.socket", "gunicorn.sock", "werkzeug.socket")
 
 # The unpatched class: peeking must never wait, even in a patched process.
 _RawSocket: type[socket.socket] = monkey.get_original("socket", "socket")

@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import os
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, TypeVar, overload
+from typing import Any, Final, TypeVar, overload
 
-from flask import Blueprint, Flask, Response, current_app, has_request_context, jsonify
-from flask.ctx import AppContext, RequestContext
-from flask.globals import app_ctx as _app_ctx
-from flask.globals import request_ctx
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    current_app,
+    has_request_context,
+    jsonify,
+    request,
+    stream_with_context,
+)
 from werkzeug.wrappers import Response as BaseResponse
 
 from . import config as _config
+from ._transport import ENVIRON_KEY as TRANSPORT_KEY
 from .broker import Broker, MemoryBroker, Subscription
 from .cancel import find_socket
 from .channels import check_channel, last_event_id
@@ -26,9 +32,6 @@ from .config import Config
 from .errors import InvalidEventError
 from .event import Comment, Event, JSONDumps
 from .stream import CloseReason, EventStream, heartbeats, open_streams
-
-if TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
 __all__ = ["SSE", "stream_headers"]
 
@@ -155,94 +158,59 @@ def make_broker(config: Config) -> Broker:
     )
 
 
-def _flask_context_factory() -> Callable[[], AbstractContextManager[None]]:
-    """Return what gives the producer the view's Flask contexts.
-
-    The view returns before its generator runs, and Flask pops the view's
-    contexts as soon as the response is returned. The producer pushes the
-    same context objects again, as :func:`flask.stream_with_context` does,
-    so ``g``, ``request`` and ``session`` are the view's and nothing is
-    copied (a copy would build a URL adapter and a ``g`` per stream).
-    Teardown functions run again when the stream ends.
-
-    If the view's context is somehow still pushed when the stream starts
-    (a middleware iterating the body inside the request), re-pushing the
-    same objects from another greenlet would tangle their context tokens,
-    so the producer pushes a copy instead.
-    """
-    app_ctx = _app_ctx._get_current_object()  # type: ignore[attr-defined]
-    req_ctx = request_ctx._get_current_object() if has_request_context() else None  # type: ignore[attr-defined]
-    return _ViewContexts(app_ctx, req_ctx)
-
-
-# Two slotted classes rather than a @contextmanager closure over an
-# ExitStack: every stream keeps them for its whole life, and the closure,
-# its generator and the ExitStack held ~2.5 KiB more per stream (tracemalloc).
-
-
 class _ViewContexts:
-    """The view's contexts; calling it gives a context manager that pushes them."""
+    """Runs a stream's producer in the view's Flask contexts, with public API only.
 
-    __slots__ = ("_app_ctx", "_req_ctx")
+    Made in the view. Flask pops the view's contexts as soon as the view
+    returns, before the body is iterated; the producer then runs in a copy
+    of the view's :mod:`contextvars` context, where ``request``,
+    ``session``, ``g`` and ``current_app`` are the view's own (nothing is
+    copied but the mapping), and :func:`flask.stream_with_context` pushes
+    the contexts again there, so teardown functions run again when the
+    stream ends. Every step of the producer, wherever it runs (a greenlet of
+    its own or the server's handler), runs in that one context: a context
+    variable set by a push is reset by the pop in the context it was set
+    in.
+    """
 
-    def __init__(self, app_ctx: AppContext, req_ctx: RequestContext | None) -> None:
-        self._app_ctx = app_ctx
-        self._req_ctx = req_ctx
+    __slots__ = ("_context", "_push")
 
-    def __call__(self) -> _PushedContexts:
-        return _PushedContexts(self._app_ctx, self._req_ctx)
+    def __init__(self) -> None:
+        self._context = contextvars.copy_context()
+        # With only an application context (no request), the producer sees
+        # it, and its ``g``, without pushing it again.
+        self._push = has_request_context()
+
+    def __call__(self, frames: Iterator[bytes]) -> Iterator[bytes]:
+        return _InContext(self._context, frames, push=self._push)
 
 
-class _PushedContexts:
-    """Pushes an application context and a request context, pops them in reverse."""
+class _InContext:
+    """An iterator whose every step, and whose close, runs in ``context``."""
 
-    __slots__ = ("_app_ctx", "_req_ctx")
+    __slots__ = ("_context", "_frames", "_pushed")
 
-    def __init__(self, app_ctx: AppContext, req_ctx: RequestContext | None) -> None:
-        self._app_ctx = app_ctx
-        self._req_ctx = req_ctx
-
-    def __enter__(self) -> None:
-        app_ctx = self._app_ctx
-        if getattr(app_ctx, "_cv_tokens", None):
-            app_ctx = app_ctx.app.app_context()
-            app_ctx.g = self._app_ctx.g
-            self._app_ctx = app_ctx
-        app_ctx.__enter__()
-        req_ctx = self._req_ctx
-        if req_ctx is None:
-            return
-        if req_ctx._cv_tokens:
-            req_ctx = self._req_ctx = req_ctx.copy()
-        try:
-            req_ctx.__enter__()
-        except BaseException as error:
-            app_ctx.__exit__(type(error), error, error.__traceback__)
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
+    def __init__(
+        self, context: contextvars.Context, frames: Iterator[bytes], *, push: bool
     ) -> None:
-        if self._req_ctx is not None:
-            try:
-                self._req_ctx.__exit__(exc_type, exc, tb)
-            except BaseException as error:
-                self._app_ctx.__exit__(type(error), error, error.__traceback__)
-                raise
-        self._app_ctx.__exit__(exc_type, exc, tb)
+        self._context = context
+        self._frames = frames
+        self._pushed: Iterator[bytes] | None = None if push else frames
 
+    def __iter__(self) -> Iterator[bytes]:
+        return self
 
-class _StreamResponse(Response):
-    """A stream's response: tells the stream which server is writing it."""
+    def __next__(self) -> bytes:
+        pushed = self._pushed
+        if pushed is None:
+            pushed = self._pushed = self._context.run(stream_with_context, self._frames)
+        return self._context.run(next, pushed)
 
-    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        body = self.response
-        if isinstance(body, EventStream):
-            body.attach(start_response)
-        return super().__call__(environ, start_response)
+    def close(self) -> None:
+        """Close the producer; its cleanup and Flask's teardown run here."""
+        close = getattr(self._frames if self._pushed is None else self._pushed, "close", None)
+        if close is not None:
+            self._context.run(close)
 
 
 class SSE:
@@ -353,8 +321,8 @@ class SSE:
         if isinstance(last_id, _Default):
             last_id = (
                 last_event_id(
-                    request_ctx.request.headers.get("Last-Event-ID"),
-                    request_ctx.request.args.get("lastEventId"),
+                    request.headers.get("Last-Event-ID"),
+                    request.args.get("lastEventId"),
                 )
                 if has_request_context()
                 else None
@@ -463,7 +431,7 @@ class SSE:
         )
         preamble = Event(None, retry=retry_ms).encode() if retry_ms is not None else b":\n\n"
         app = current_app._get_current_object()  # type: ignore[attr-defined]
-        environ = request_ctx.request.environ if has_request_context() else {}
+        environ = request.environ if has_request_context() else {}
         callbacks = tuple(self._on_close)
         closed = state.closed
 
@@ -486,15 +454,14 @@ class SSE:
             preamble=preamble,
             heartbeat=interval,
             sock=find_socket(environ),
+            transport=environ.get(TRANSPORT_KEY),
             write_timeout=cfg.write_timeout,
             buffer_size=cfg.buffer_size,
-            context=_flask_context_factory(),
+            context=_ViewContexts(),
             on_close=on_close,
             logger=app.logger,
         )
-        return _StreamResponse(
-            body, status=status, headers=stream_headers(), direct_passthrough=True
-        )
+        return Response(body, status=status, headers=stream_headers(), direct_passthrough=True)
 
     @overload
     def stream(self, view: F) -> F: ...

@@ -16,19 +16,76 @@ from gevent.event import Event as Flag
 from gevent.pool import Pool
 from gevent.pywsgi import WSGIHandler, WSGIServer
 
+from ._transport import ENVIRON_KEY, Transport
+from .cancel import SOCKET_KEY
 from .stream import drain
 
-__all__ = ["SSEHandler", "serve"]
+__all__ = ["SSEHandler", "TransportHandler", "serve"]
 
 
-class SSEHandler(WSGIHandler):
-    """gevent's pywsgi handler, with the client socket in the environ.
+class TransportHandler(WSGIHandler):
+    """gevent's pywsgi handler, offering each request a :class:`Transport`.
 
-    ``environ["flask_sse_stream.socket"]`` lets a stream watch its client and
-    see a disconnect at once, instead of at its next failed write.
+    ``environ["flask_sse_stream.transport"]`` lets a stream write beside
+    the handler while the handler waits inside it (heartbeats, a
+    subscription's new events) and stop a producer that runs in the
+    handler's own greenlet; ``environ["flask_sse_stream.socket"]`` lets any
+    response watch its client and see a disconnect at once. The transport
+    learns only what this handler decides and does: whether it chunks the
+    response, and how many body bytes it has written.
+    """
 
-    A client dropped because a write timed out (``SSE_WRITE_TIMEOUT``) is
-    logged in one line, not with a traceback: it is the client's doing.
+    def __init__(self, sock: Any, address: Any, server: Any) -> None:
+        super().__init__(sock, address, server)
+        self.client_socket = sock
+        """The connection's socket, as the server gave it to the handler."""
+        self._sse_transport: Transport | None = None
+        self._sse_protocol = ""
+
+    def get_environ(self) -> dict[str, Any]:
+        environ: dict[str, Any] = super().get_environ()
+        self._sse_protocol = environ.get("SERVER_PROTOCOL", "")
+        transport = self._sse_transport = Transport(self.client_socket)
+        environ[ENVIRON_KEY] = transport
+        environ[SOCKET_KEY] = self.client_socket
+        return environ
+
+    def start_response(
+        self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
+    ) -> Callable[[bytes], None]:
+        write: Callable[[bytes], None] = super().start_response(status, headers, exc_info)
+        transport = self._sse_transport
+        if transport is not None:
+            # pywsgi chunks an HTTP/1.1 response that has a body and no
+            # Content-Length; an HTTP/1.0 one is delimited by the close.
+            code = int(status.split(" ", 1)[0])
+            transport.response_started(
+                chunked=self._sse_protocol == "HTTP/1.1"
+                and code not in (101, 204, 304)
+                and not any(name.lower() == "content-length" for name, _ in headers)
+            )
+        return write
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        transport = self._sse_transport
+        if transport is not None:
+            transport.body_written(len(data))
+
+    def handle_one_response(self) -> None:
+        try:
+            super().handle_one_response()
+        finally:
+            transport, self._sse_transport = self._sse_transport, None
+            if transport is not None:
+                transport.release()
+
+
+class SSEHandler(TransportHandler):
+    """The handler of our runner: a :class:`TransportHandler` that drains.
+
+    A client dropped because a write timed out is logged in one line, not
+    with a traceback: it is the client's doing.
 
     Under :func:`serve`, once the server drains, each connection closes
     after its response and an idle keep-alive connection is closed at once,
@@ -48,27 +105,6 @@ class SSEHandler(WSGIHandler):
         super().__init__(sock, address, server)
         self.rfile.close()  # only drops the file's reference to the socket
         self.rfile = sock.makefile("rb", self.READ_BUFFER)
-
-    def _sendall(self, data: bytes | bytearray) -> None:
-        # One send() first: gevent's sendall asks the kernel for the socket's
-        # buffer size (a getsockopt syscall) on every call, and an event
-        # almost always fits in one send (measured: docs/benchmarks.md).
-        sock = self.socket
-        try:
-            sent = sock.send(data)
-            if sent < len(data):
-                sock.sendall(memoryview(data)[sent:])
-        except OSError as exc:
-            self.status = f"socket error: {exc}"
-            if self.code is not None and self.code > 0:
-                self.code = -self.code  # as pywsgi marks a failed write in its log
-            raise
-        self.response_length += len(data)
-
-    def get_environ(self) -> dict[str, Any]:
-        environ: dict[str, Any] = super().get_environ()
-        environ["flask_sse_stream.socket"] = self.socket
-        return environ
 
     def read_requestline(self) -> str:
         server = self.server
@@ -113,7 +149,7 @@ class _DrainingServer(WSGIServer):
     def close_idle(self) -> None:
         """Close the connections that wait for a next request."""
         for handler in list(self.idle):
-            sock = handler.socket
+            sock = handler.client_socket
             try:
                 sock.shutdown(socket.SHUT_RDWR)
             except (OSError, AttributeError):

@@ -10,14 +10,21 @@ from typing import Any
 import gevent
 import gevent.event
 import pytest
-from flask import Flask, abort, g, has_app_context, has_request_context, request, session
-from flask.ctx import RequestContext
-from flask.globals import app_ctx, request_ctx
+from flask import (
+    Flask,
+    abort,
+    current_app,
+    g,
+    has_app_context,
+    has_request_context,
+    request,
+    session,
+)
 from flask.json.provider import DefaultJSONProvider
-from werkzeug.test import EnvironBuilder, TestResponse
+from werkzeug.test import TestResponse
 
 from flask_sse_stream import SSE, CloseReason, Comment, ConfigError, Event
-from flask_sse_stream.extension import _flask_context_factory
+from flask_sse_stream.extension import _ViewContexts
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -420,107 +427,89 @@ def teardowns(app: Flask) -> list[tuple[str, BaseException | None]]:
     return log
 
 
-def test_stream_contexts_push_the_views_again_and_pop_in_reverse_with_the_error(
-    app: Flask, teardowns: list[tuple[str, BaseException | None]]
-) -> None:
-    with app.test_request_context("/s?q=1") as view_ctx:
+def view_contexts(app: Flask, *, path: str = "/s?q=1") -> tuple[_ViewContexts, Any, Any]:
+    """The contexts of a view that set ``g.user``, and its request and ``g``."""
+    with app.test_request_context(path):
         g.user = "ada"
-        view_app_ctx = app_ctx._get_current_object()
-        context = _flask_context_factory()
-    teardowns.clear()
-
-    error = ValueError("boom")
-
-    def produce() -> None:
-        assert request_ctx._get_current_object() is view_ctx
-        assert app_ctx._get_current_object() is view_app_ctx
-        assert (g.user, request.args["q"]) == ("ada", "1")
-        raise error
-
-    with pytest.raises(ValueError, match="boom") as raised, context():
-        produce()
-    assert raised.value is error
-    assert teardowns == [("request", error), ("app", error)]
-    assert not has_app_context()
-
-    # Entered again later (the producer's cleanup when it never ran).
-    with context():
-        assert request_ctx._get_current_object() is view_ctx
-    assert teardowns[2:] == [("request", None), ("app", None)]
-    assert not has_app_context()
+        session["seen"] = True
+        return _ViewContexts(), request._get_current_object(), g._get_current_object()  # type: ignore[attr-defined]
 
 
-def test_stream_contexts_still_pushed_are_copied_sharing_request_and_g(app: Flask) -> None:
-    with app.test_request_context("/s?q=1") as view_ctx:
-        g.user = "ada"
-        view_app_ctx = app_ctx._get_current_object()
-        context = _flask_context_factory()
-        with context():
-            assert request_ctx._get_current_object() is not view_ctx
-            assert app_ctx._get_current_object() is not view_app_ctx
-            assert request._get_current_object() is view_ctx.request  # type: ignore[attr-defined]
-            assert g._get_current_object() is view_app_ctx.g  # type: ignore[attr-defined]
-        assert request_ctx._get_current_object() is view_ctx
-        assert app_ctx._get_current_object() is view_app_ctx
-    assert not has_app_context()
-
-
-def test_a_request_context_that_fails_to_push_pops_the_app_context_with_the_error(
+def test_the_producer_sees_the_views_request_g_and_session_and_teardown_runs_again(
     app: Flask, teardowns: list[tuple[str, BaseException | None]]
 ) -> None:
-    class FailingPush(RequestContext):
-        fail = False
-
-        def push(self) -> None:
-            if self.fail:
-                raise OSError("no session store")
-            super().push()
-
-    view_ctx = FailingPush(app, EnvironBuilder("/s").get_environ())
-    with view_ctx:
-        context = _flask_context_factory()
+    contexts, view_request, view_g = view_contexts(app)
     teardowns.clear()
-    view_ctx.fail = True
+    seen: list[Any] = []
 
-    with pytest.raises(OSError, match="no session store") as raised, context():
-        pytest.fail("entered without a request context")
-    assert teardowns == [("app", raised.value)]
+    def produce() -> Iterator[bytes]:
+        seen.append((request._get_current_object(), g._get_current_object()))  # type: ignore[attr-defined]
+        seen.append((request.args["q"], g.user, session["seen"], current_app.name))
+        yield b"x"
+
+    assert list(contexts(produce())) == [b"x"]
+    assert seen == [(view_request, view_g), ("1", "ada", True, app.name)]
+    assert teardowns == [("request", None), ("app", None)]
+    assert not has_app_context()  # nothing leaks into the caller's context
+
+
+def test_each_step_may_run_in_another_greenlet_and_the_close_in_a_third(
+    app: Flask, teardowns: list[tuple[str, BaseException | None]]
+) -> None:
+    contexts, _, _ = view_contexts(app)
+    teardowns.clear()
+    finalized: list[bool] = []
+
+    def produce() -> Iterator[bytes]:
+        try:
+            while True:
+                yield request.args["q"].encode()
+        finally:
+            finalized.append(has_request_context())
+
+    frames = contexts(produce())
+    assert gevent.spawn(next, frames).get(timeout=2) == b"1"
+    assert gevent.spawn(next, frames).get(timeout=2) == b"1"
+    gevent.spawn(frames.close).get(timeout=2)  # type: ignore[attr-defined]
+    assert finalized == [True]
+    # Closed before its end, as flask.stream_with_context tells teardown.
+    assert [(kind, type(exc)) for kind, exc in teardowns] == [
+        ("request", GeneratorExit),
+        ("app", GeneratorExit),
+    ]
     assert not has_app_context()
 
 
-def test_a_failing_request_teardown_still_pops_the_app_context_with_its_error(
+def test_a_producer_closed_before_it_ran_is_closed_in_the_contexts(
     app: Flask, teardowns: list[tuple[str, BaseException | None]]
 ) -> None:
-    fail = False
-
-    @app.teardown_request
-    def failing(exc: BaseException | None) -> None:
-        if fail:
-            raise RuntimeError("teardown failed")
-
-    with app.test_request_context("/s"):
-        context = _flask_context_factory()
+    contexts, _, _ = view_contexts(app)
     teardowns.clear()
-    fail = True
+    closed: list[str] = []
 
-    with pytest.raises(RuntimeError, match="teardown failed") as raised, context():
-        assert has_request_context()
-    # Teardown functions run in reverse order of registration: ``failing`` first.
-    assert teardowns == [("app", raised.value)]
-    assert not has_app_context()
+    class Source:
+        def __iter__(self) -> Iterator[bytes]:
+            return self
+
+        def __next__(self) -> bytes:
+            raise AssertionError("never iterated")
+
+        def close(self) -> None:
+            closed.append(g.user)
+
+    contexts(Source()).close()  # type: ignore[attr-defined]
+    assert closed == ["ada"]
+    assert teardowns == []  # never pushed, so never torn down
 
 
-def test_an_app_context_stream_without_a_request_pushes_only_the_app_context(
-    app: Flask, teardowns: list[tuple[str, BaseException | None]]
-) -> None:
-    with app.app_context() as view_app_ctx:
+def test_an_app_context_stream_without_a_request_sees_the_apps_g(app: Flask) -> None:
+    with app.app_context():
         g.job = 7
-        context = _flask_context_factory()
-    teardowns.clear()
+        contexts = _ViewContexts()
 
-    with context():
-        assert app_ctx._get_current_object() is view_app_ctx
+    def produce() -> Iterator[bytes]:
+        yield str(g.job).encode()
         assert not has_request_context()
-        assert g.job == 7
-    assert teardowns == [("app", None)]
+
+    assert list(contexts(produce())) == [b"7"]
     assert not has_app_context()

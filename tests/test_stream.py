@@ -348,15 +348,31 @@ def test_a_failed_write_to_a_client_that_left_reports_a_disconnect(pair: Pair) -
     assert reasons == [CloseReason.DISCONNECT]
 
 
-def test_the_write_timeout_is_set_on_the_socket_and_restored(pair: Pair) -> None:
+def test_a_write_that_outlasts_the_write_timeout_drops_the_client(pair: Pair) -> None:
     pair.server.settimeout(7)
-    stream = make(Recorder(block=600), sock=pair.server, write_timeout=0.5)
+    reasons = Reasons()
+    source = Recorder(block=600)
+    stream = make(source, sock=pair.server, write_timeout=0.2, on_close=reasons)
     try:
-        next(stream)
-        assert pair.server.gettimeout() == 0.5
+        next(stream)  # handed to the server, which never asks again: its write hangs
+        assert source.started.wait(1)
+        assert source.finalized.wait(2)  # the producer was stopped
+        pair.client.settimeout(2)
+        assert pair.client.recv(16) == b""  # the connection was shut down
+        assert pair.server.gettimeout() == 7  # the server's socket settings untouched
     finally:
         stream.close()
-    assert pair.server.gettimeout() == 7
+    assert reasons == [CloseReason.WRITE_FAILED]
+
+
+def test_a_client_that_keeps_reading_is_never_dropped_by_the_write_timeout(pair: Pair) -> None:
+    def ticks() -> Iterator[str]:
+        for i in range(6):
+            gevent.sleep(0.05)
+            yield str(i)
+
+    stream = make(ticks(), sock=pair.server, write_timeout=0.1)
+    assert len(read_all(stream)) == 7  # the preamble and six events, each written at once
 
 
 def open_fds() -> int:

@@ -194,7 +194,7 @@ class _MarkChunks:
     """A middleware that changes the body of ``/marked/...``: a comment after each chunk.
 
     The server then writes other bytes than the stream returned, so the
-    stream must not write beside it (see ``flask_sse_stream.direct``).
+    stream must not write beside it (see ``flask_sse_stream._transport``).
     """
 
     def __init__(self, wsgi_app: Any) -> None:

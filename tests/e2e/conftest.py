@@ -1,6 +1,7 @@
 """Fixtures that start the test app under real servers.
 
-``server`` is parametrised over our runner and both gunicorn gevent
+``server`` is parametrised over our runner, our gunicorn worker
+(``flask_sse_stream.gunicorn.GeventWorker``) and gunicorn's own two gevent
 workers; ``any_server`` adds the werkzeug development server where the
 issue asks for it too. Each kind starts once per session (a pool keeps it)
 and every test that used a server waits, afterwards, until the server has
@@ -17,7 +18,7 @@ import pytest
 
 from .helpers import Server, start_server
 
-GEVENT_SERVERS = ["runner", "gevent", "gevent_pywsgi"]
+GEVENT_SERVERS = ["runner", "worker", "gevent", "gevent_pywsgi"]
 ALL_SERVERS = [*GEVENT_SERVERS, "werkzeug"]
 
 
@@ -54,7 +55,7 @@ def _settle(server: Server) -> None:
 
 @pytest.fixture(params=GEVENT_SERVERS)
 def server(request: pytest.FixtureRequest, server_pool: ServerPool) -> Iterator[Server]:
-    """The test app under our runner, ``gunicorn -k gevent`` and ``-k gevent_pywsgi``."""
+    """The test app under our runner, our worker, ``-k gevent`` and ``-k gevent_pywsgi``."""
     server = server_pool.get(request.param)
     yield server
     _settle(server)

@@ -56,6 +56,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+WORKER_CLASSES = {
+    "gevent": "gevent",
+    "gevent_pywsgi": "gevent_pywsgi",
+    "worker": "flask_sse_stream.gunicorn.GeventWorker",
+}
+"""The gunicorn servers by kind: its two gevent workers, and ours."""
+
+BESIDE = frozenset({"runner", "worker"})
+"""The kinds served by our own handler, where streams write beside it."""
+
+
 def server_command(kind: str, port: int, drain_timeout: float = 3.0) -> list[str]:
     """The command line that serves the test app with ``kind`` on ``port``."""
     python = sys.executable
@@ -72,13 +83,13 @@ def server_command(kind: str, port: int, drain_timeout: float = 3.0) -> list[str
             str(drain_timeout),
             "--no-access-log",
         ]
-    if kind in ("gevent", "gevent_pywsgi"):
+    if kind in WORKER_CLASSES:
         return [
             python,
             "-m",
             "gunicorn",
             "--worker-class",
-            kind,
+            WORKER_CLASSES[kind],
             "--workers",
             "1",
             "--worker-connections",

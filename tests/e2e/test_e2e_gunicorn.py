@@ -19,6 +19,10 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 APP = "tests.e2e.pubsub_app:app"
 
 
+OURS = "flask_sse_stream.gunicorn.GeventWorker"
+"""The worker class our gunicorn config selects."""
+
+
 def start_gunicorn(
     kind: str,
     tmp_path: Path,
@@ -45,10 +49,11 @@ def start_gunicorn(
         APP,
     ]
     environ = {"SSE_TEST_RECORD_DIR": str(tmp_path), **(env or {})}
-    return start_command(f"gunicorn-{kind}", port, command, tmp_path, env=environ)
+    name = "worker" if kind == OURS else kind
+    return start_command(f"gunicorn-{name}", port, command, tmp_path, env=environ)
 
 
-@pytest.fixture(params=["gevent", "gevent_pywsgi"])
+@pytest.fixture(params=[OURS, "gevent", "gevent_pywsgi"], ids=["worker", "gevent", "gevent_pywsgi"])
 def kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 

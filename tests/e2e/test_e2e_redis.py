@@ -16,7 +16,7 @@ import pytest
 from flask_sse_stream.publisher import Publisher
 
 from .helpers import Server, free_port, wait_for
-from .test_e2e_gunicorn import start_gunicorn
+from .test_e2e_gunicorn import OURS, start_gunicorn
 from .test_e2e_pubsub import Subscriber, numbers, post, read_until
 
 pytest.importorskip("redis")
@@ -40,7 +40,7 @@ def workers(
 ) -> Iterator[Server]:
     prefix = f"t{abs(hash(request.node.name)) % 10**8}:"
     server = start_gunicorn(
-        "gevent",
+        OURS,
         tmp_path,
         workers=2,
         env={"SSE_TEST_BROKER_URL": redis_server.url, "SSE_KEY_PREFIX": prefix},

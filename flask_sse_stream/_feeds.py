@@ -1,0 +1,256 @@
+"""The ways a stream gets its items: one small class each.
+
+A feed fills the stream's state machine (:class:`~flask_sse_stream._core.StreamCore`)
+with encoded frames and tells it when the producer finished or failed. The
+stream's handler calls :meth:`Feed.wait` when the machine has nothing to
+write; anything else calls :meth:`Feed.wake` to end that wait.
+
+* :class:`SubscriptionFeed`: a broker subscription, served by the handler
+  itself: the subscription's queue is the buffer. Where the stream may
+  write beside the server, the subscription's *sink* writes new events from
+  the hub and the handler sleeps on.
+* :class:`GreenletFeed`: the view's generator in a greenlet of ours, which
+  waits when the buffer is full (a slow client back-pressures it). Stopped by
+  killing that greenlet. Works on every WSGI server.
+* :class:`InlineFeed`: the view's generator run by the handler greenlet
+  itself, where one of our handlers serves the request: no second greenlet.
+  Items made without waiting are collected into one chunk; when the
+  producer waits, what it made goes beside the server at once. Stopped by
+  the transport, which raises in the handler greenlet where it waits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Protocol
+
+import gevent
+from gevent.hub import Waiter
+
+from ._core import State
+from ._transport import Interrupted, Transport
+from .broker import Subscription
+
+if TYPE_CHECKING:
+    from .stream import EventStream
+
+
+class Feed(Protocol):
+    """What the stream needs from the source of its items."""
+
+    def wait(self) -> None:
+        """Handler: wait until there may be something to write (or to stop)."""
+
+    def wake(self) -> None:
+        """Anyone: end the handler's :meth:`wait`; never blocks."""
+
+    def taken(self) -> None:
+        """Handler: the pending frames were handed to the server."""
+
+    def stop(self) -> None:
+        """Anyone: stop producing (a reason from outside); never blocks."""
+
+    def close(self) -> None:
+        """Handler, at the end: stop, and wait for the producer's cleanup."""
+
+
+class SubscriptionFeed:
+    """A broker subscription, served by the handler greenlet itself."""
+
+    __slots__ = ("_stream", "_sub")
+
+    def __init__(self, stream: EventStream, sub: Subscription, *, beside: bool) -> None:
+        self._stream = stream
+        self._sub = sub
+        if beside:
+            sub.set_sink(self._deliver)
+
+    def _take(self) -> bool:
+        """Move queued events into the machine; ``True`` if the handler has work."""
+        stream = self._stream
+        core = stream.core
+        if core.full:
+            return True
+        sub = self._sub
+        events = sub.get_batch(core.max_frames)
+        if events:
+            try:
+                encode = stream.encode
+                core.item(b"".join([encode(event) for event in events]))
+            except Exception:
+                stream.logger.exception("Exception in event stream; ending the stream")
+                core.failed()
+            return True
+        if sub.closed:
+            core.finished()  # dropped as too slow, or its broker closed
+            return True
+        return False
+
+    def wait(self) -> None:
+        if self._take():
+            return
+        stream = self._stream
+        stream.parked = True
+        try:
+            self._sub.wait()
+        finally:
+            stream.parked = False
+
+    def _deliver(self) -> bool:
+        # The sink, in the hub: False makes the subscription wake the handler.
+        stream = self._stream
+        if stream.core.state is not State.IDLE or not stream.parked:
+            return False
+        return self._take() and stream.flush_beside() and stream.core.state is State.IDLE
+
+    def wake(self) -> None:
+        self._sub.interrupt()
+
+    def taken(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass  # nothing runs: the handler ends on its next turn
+
+    def close(self) -> None:
+        self._sub.set_sink(None)
+
+
+class GreenletFeed:
+    """The view's generator, in a greenlet of ours."""
+
+    __slots__ = ("_greenlet", "_room", "_stream", "_waiter")
+
+    def __init__(self, stream: EventStream) -> None:
+        self._stream = stream
+        self._waiter: Waiter[Any] | None = None
+        self._room: Waiter[Any] | None = None
+        self._greenlet: gevent.Greenlet[[], None] | None = gevent.spawn(self._produce)
+
+    def _produce(self) -> None:
+        stream = self._stream
+        core = stream.core
+        frames = stream.producer()
+        try:
+            for frame in frames:
+                while core.full and core.reason is None:
+                    room = self._room = Waiter(stream.hub)
+                    room.get()  # switched by taken(), once the handler took the frames
+                core.item(frame)
+                self.wake()
+        except gevent.GreenletExit:
+            return  # killed: whoever killed it has set the reason
+        except Exception:
+            stream.logger.exception("Exception while closing an event stream")
+            core.failed()
+        finally:
+            close = getattr(frames, "close", None)
+            if close is not None:
+                close()  # killed while waiting for room: the cleanup runs here
+        self.wake()  # after the last frame: the handler ends
+
+    def wait(self) -> None:
+        stream = self._stream
+        waiter = self._waiter = Waiter(stream.hub)
+        stream.parked = True
+        try:
+            waiter.get()
+        finally:
+            stream.parked = False
+            self._waiter = None
+
+    def wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            # Waiter.switch must run in the hub.
+            self._stream.hub.loop.run_callback(waiter.switch, None)
+
+    def taken(self) -> None:
+        room = self._room
+        if room is not None:
+            self._room = None
+            self._stream.hub.loop.run_callback(room.switch, None)
+
+    def stop(self) -> None:
+        greenlet = self._greenlet
+        if greenlet is not None and greenlet is not gevent.getcurrent():
+            greenlet.kill(block=False)
+
+    def close(self) -> None:
+        greenlet, self._greenlet = self._greenlet, None
+        if greenlet is not None:
+            greenlet.kill(block=True, timeout=5)
+
+
+class InlineFeed:
+    """The view's generator, run by the handler greenlet itself."""
+
+    __slots__ = ("_flushing", "_frames", "_interrupting", "_stream", "_transport", "_yield")
+
+    def __init__(self, stream: EventStream, transport: Transport) -> None:
+        self._stream = stream
+        self._transport = transport
+        self._frames: Iterator[bytes] | None = stream.producer()
+        self._flushing = False
+        self._interrupting = False
+        self._yield = False
+
+    def wait(self) -> None:
+        stream = self._stream
+        core = stream.core
+        frames = self._frames
+        if self._yield:
+            # The last chunk was full: the producer never waits, so let the
+            # other greenlets have a turn, as a full buffer would.
+            self._yield = False
+            gevent.sleep(0)
+        while frames is not None and core.reason is None:
+            if core.full:
+                self._yield = True
+                return
+            if core.state is State.PENDING and not self._flushing:
+                # Runs only if the producer waits: then what it made goes out.
+                self._flushing = True
+                stream.hub.loop.run_callback(self._flush)
+            stream.parked = True
+            try:
+                frame = next(frames)
+            except (StopIteration, Interrupted):
+                self._frames = None  # finished, or stopped with its cleanup run
+                return
+            except Exception:
+                stream.logger.exception("Exception while closing an event stream")
+                core.failed()
+                self._frames = None
+                return
+            finally:
+                stream.parked = False
+            core.item(frame)
+
+    def _flush(self) -> None:
+        self._flushing = False
+        self._stream.flush_beside()
+
+    def wake(self) -> None:
+        # The handler is in the producer, or about to ask for its turn.
+        pass
+
+    def taken(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        if self._stream.parked and self._frames is not None and not self._interrupting:
+            self._interrupting = True
+            self._stream.hub.loop.run_callback(self._interrupt)
+
+    def _interrupt(self) -> None:
+        # In the hub; the handler may have come out of the producer since.
+        if self._stream.parked and self._frames is not None:
+            self._transport.interrupt()
+
+    def close(self) -> None:
+        frames, self._frames = self._frames, None
+        close = getattr(frames, "close", None)
+        if close is not None:
+            close()  # the handler was not in it: the cleanup runs here
