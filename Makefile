@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: run test lint bench bench-quick clean
+.PHONY: run test test-flask-next lint bench bench-quick clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,10 +23,34 @@ lint: $(BIN)/.installed
 	$(BIN)/mypy
 
 # The Redis tests run again in a process gevent has patched, as the Redis
-# broker requires; in the first run they are skipped.
+# broker requires; in the first run they are skipped. Then the stream tests
+# run once more against the next Flask (test-flask-next).
 test: lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 	$(BIN)/python -m gevent.monkey --module pytest -p no:cacheprovider tests/broker -m redis
+	$(MAKE) test-flask-next
+
+# The extension, views, stream and end-to-end tests against a wheel of Flask's
+# unreleased main branch (../shared/upstream, see its README), in a throwaway
+# virtualenv; skipped, with the reason, where that folder is absent.
+UPSTREAM ?= ../shared/upstream
+FLASK_NEXT = $(firstword $(wildcard $(UPSTREAM)/flask-*.whl))
+NEXT_VENV := .venv-flask-next
+NEXT_TESTS := tests/test_extension.py tests/test_views.py tests/test_stream.py tests/test_core.py tests/e2e
+
+test-flask-next: $(BIN)/.installed
+	@if [ -z "$(FLASK_NEXT)" ]; then \
+		echo "test-flask-next: SKIPPED: no Flask wheel in $(UPSTREAM) (a clone outside the workspace)"; \
+		exit 0; \
+	fi; \
+	set -e; rm -rf $(NEXT_VENV); \
+	$(PYTHON) -m venv $(NEXT_VENV); \
+	$(NEXT_VENV)/bin/pip install --quiet --upgrade pip; \
+	$(NEXT_VENV)/bin/pip install --quiet -e '.[test]'; \
+	$(NEXT_VENV)/bin/pip install --quiet --no-deps --force-reinstall "$(FLASK_NEXT)"; \
+	$(NEXT_VENV)/bin/python -c 'import flask, importlib.metadata as m; print("test-flask-next: Flask", m.version("flask"))'; \
+	$(NEXT_VENV)/bin/pytest -p no:cacheprovider $(NEXT_TESTS); \
+	rm -rf $(NEXT_VENV)
 
 # The benchmarks against the peers (docs/benchmarks.md); the peers get a
 # virtualenv of their own, benchmarks/.venv. `bench` measures the last commit
@@ -43,4 +67,4 @@ bench-quick: benchmarks/.venv/.installed
 	$(BIN)/python benchmarks/core.py --quick
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(NEXT_VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache
