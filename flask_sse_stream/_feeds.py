@@ -125,7 +125,7 @@ class GreenletFeed:
         self._stream = stream
         self._waiter: Waiter[Any] | None = None
         self._room: Waiter[Any] | None = None
-        self._greenlet: gevent.Greenlet[[], None] | None = gevent.spawn(self._produce)
+        self._greenlet: gevent.Greenlet[..., None] | None = gevent.spawn(stream.run, self._produce)
 
     def _produce(self) -> None:
         stream = self._stream
@@ -186,20 +186,35 @@ class GreenletFeed:
 class InlineFeed:
     """The view's generator, run by the handler greenlet itself."""
 
-    __slots__ = ("_flushing", "_frames", "_interrupting", "_stream", "_transport", "_yield")
+    __slots__ = (
+        "_done",
+        "_flushing",
+        "_frames",
+        "_interrupting",
+        "_stream",
+        "_transport",
+        "_yield",
+    )
 
     def __init__(self, stream: EventStream, transport: Transport) -> None:
         self._stream = stream
         self._transport = transport
-        self._frames: Iterator[bytes] | None = stream.producer()
+        self._frames: Iterator[bytes] | None = None
+        self._done = False
         self._flushing = False
         self._interrupting = False
         self._yield = False
 
     def wait(self) -> None:
+        # One trip into the view's contexts for all the items of a chunk.
+        self._stream.run(self._wait)
+
+    def _wait(self) -> None:
         stream = self._stream
         core = stream.core
         frames = self._frames
+        if frames is None and not self._done:
+            frames = self._frames = stream.producer()
         if self._yield:
             # The last chunk was full: the producer never waits, so let the
             # other greenlets have a turn, as a full buffer would.
@@ -217,16 +232,20 @@ class InlineFeed:
             try:
                 frame = next(frames)
             except (StopIteration, Interrupted):
-                self._frames = None  # finished, or stopped with its cleanup run
+                self._end()  # finished, or stopped with its cleanup run
                 return
             except Exception:
                 stream.logger.exception("Exception while closing an event stream")
                 core.failed()
-                self._frames = None
+                self._end()
                 return
             finally:
                 stream.parked = False
             core.item(frame)
+
+    def _end(self) -> None:
+        self._frames = None
+        self._done = True
 
     def _flush(self) -> None:
         self._flushing = False
@@ -251,6 +270,7 @@ class InlineFeed:
 
     def close(self) -> None:
         frames, self._frames = self._frames, None
+        self._done = True
         close = getattr(frames, "close", None)
         if close is not None:
-            close()  # the handler was not in it: the cleanup runs here
+            self._stream.run(close)  # the handler was not in it: the cleanup runs here

@@ -36,6 +36,7 @@ from .stream import CloseReason, EventStream, heartbeats, open_streams
 __all__ = ["SSE", "stream_headers"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 OnClose = Callable[[CloseReason], None]
 
 
@@ -162,15 +163,15 @@ class _ViewContexts:
     """Runs a stream's producer in the view's Flask contexts, with public API only.
 
     Made in the view. Flask pops the view's contexts as soon as the view
-    returns, before the body is iterated; the producer then runs in a copy
-    of the view's :mod:`contextvars` context, where ``request``,
+    returns, before the body is iterated; the producer then runs (:meth:`run`)
+    in a copy of the view's :mod:`contextvars` context, where ``request``,
     ``session``, ``g`` and ``current_app`` are the view's own (nothing is
-    copied but the mapping), and :func:`flask.stream_with_context` pushes
-    the contexts again there, so teardown functions run again when the
-    stream ends. Every step of the producer, wherever it runs (a greenlet of
-    its own or the server's handler), runs in that one context: a context
-    variable set by a push is reset by the pop in the context it was set
-    in.
+    copied but the mapping), and :func:`flask.stream_with_context`
+    (:meth:`wrap`) pushes the contexts again there, so teardown functions
+    run again when the stream ends. Whatever greenlet runs the producer (one
+    of its own, or the server's handler), it runs in that one context: a
+    context variable set by a push is reset by the pop in the context it
+    was set in.
     """
 
     __slots__ = ("_context", "_push")
@@ -181,36 +182,13 @@ class _ViewContexts:
         # it, and its ``g``, without pushing it again.
         self._push = has_request_context()
 
-    def __call__(self, frames: Iterator[bytes]) -> Iterator[bytes]:
-        return _InContext(self._context, frames, push=self._push)
+    def run(self, func: Callable[..., T], *args: Any) -> T:
+        """Call ``func(*args)`` in the view's contexts."""
+        return self._context.run(func, *args)
 
-
-class _InContext:
-    """An iterator whose every step, and whose close, runs in ``context``."""
-
-    __slots__ = ("_context", "_frames", "_pushed")
-
-    def __init__(
-        self, context: contextvars.Context, frames: Iterator[bytes], *, push: bool
-    ) -> None:
-        self._context = context
-        self._frames = frames
-        self._pushed: Iterator[bytes] | None = None if push else frames
-
-    def __iter__(self) -> Iterator[bytes]:
-        return self
-
-    def __next__(self) -> bytes:
-        pushed = self._pushed
-        if pushed is None:
-            pushed = self._pushed = self._context.run(stream_with_context, self._frames)
-        return self._context.run(next, pushed)
-
-    def close(self) -> None:
-        """Close the producer; its cleanup and Flask's teardown run here."""
-        close = getattr(self._frames if self._pushed is None else self._pushed, "close", None)
-        if close is not None:
-            self._context.run(close)
+    def wrap(self, frames: Iterator[bytes]) -> Iterator[bytes]:
+        """Push the view's contexts around ``frames``; call inside :meth:`run`."""
+        return stream_with_context(frames) if self._push else frames
 
 
 class SSE:

@@ -41,7 +41,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import gevent
 
@@ -62,7 +62,17 @@ loop beside the server, and ``"handler"``, through the server."""
 _open: set[EventStream] = set()
 
 OnClose = Callable[[CloseReason], None]
-Wrap = Callable[[Iterator[bytes]], Iterator[bytes]]
+T = TypeVar("T")
+
+
+class StreamContext(Protocol):
+    """Where a stream's producer runs: the view's contexts (see ``extension.py``)."""
+
+    def run(self, func: Callable[..., T], *args: Any) -> T:
+        """Call ``func(*args)`` in the context."""
+
+    def wrap(self, frames: Iterator[bytes]) -> Iterator[bytes]:
+        """Wrap the producer's iterator once, inside :meth:`run` (to push and pop)."""
 
 
 def open_streams() -> frozenset[EventStream]:
@@ -102,8 +112,8 @@ class EventStream:
     :param write_timeout: seconds a write may take before the client is
         dropped (its socket is shut down, which ends the server's write).
     :param buffer_size: how many encoded items may wait for the socket.
-    :param context: wraps the producer's iterator so that every step of it,
-        and its cleanup, runs in the view's contexts.
+    :param context: where the producer, and its cleanup, runs: the view's
+        contexts.
     :param on_close: called once, in those contexts, with the reason the
         stream ended.
     :param logger: where a producer's exception is logged.
@@ -147,7 +157,7 @@ class EventStream:
         transport: Transport | None = None,
         write_timeout: float | None = None,
         buffer_size: int = 64,
-        context: Wrap | None = None,
+        context: StreamContext | None = None,
         on_close: OnClose | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
@@ -296,10 +306,15 @@ class EventStream:
 
     # Called from elsewhere: the hub, the heartbeat loop, a drain, a feed.
 
+    def run(self, func: Callable[..., T], *args: Any) -> T:
+        """Call ``func(*args)`` where the producer runs (the view's contexts)."""
+        context = self._context
+        return func(*args) if context is None else context.run(func, *args)
+
     def producer(self) -> Iterator[bytes]:
-        """The source's items encoded, in the view's contexts; then its cleanup."""
+        """The source's items encoded, then its cleanup; call inside :meth:`run`."""
         frames = self._frames()
-        return frames if self._context is None else self._context(frames)
+        return frames if self._context is None else self._context.wrap(frames)
 
     def _frames(self) -> Iterator[bytes]:
         self._ran = True
@@ -468,9 +483,13 @@ class EventStream:
             self._call_on_close()
             yield from ()
 
-        try:
-            for _ in cleanup() if self._context is None else self._context(cleanup()):
+        def run_cleanup() -> None:
+            context = self._context
+            for _ in cleanup() if context is None else context.wrap(cleanup()):
                 pass
+
+        try:
+            self.run(run_cleanup)
         except Exception:
             self._logger.exception("Exception while closing an event stream")
 

@@ -447,7 +447,7 @@ def test_the_producer_sees_the_views_request_g_and_session_and_teardown_runs_aga
         seen.append((request.args["q"], g.user, session["seen"], current_app.name))
         yield b"x"
 
-    assert list(contexts(produce())) == [b"x"]
+    assert contexts.run(lambda: list(contexts.wrap(produce()))) == [b"x"]
     assert seen == [(view_request, view_g), ("1", "ada", True, app.name)]
     assert teardowns == [("request", None), ("app", None)]
     assert not has_app_context()  # nothing leaks into the caller's context
@@ -467,10 +467,10 @@ def test_each_step_may_run_in_another_greenlet_and_the_close_in_a_third(
         finally:
             finalized.append(has_request_context())
 
-    frames = contexts(produce())
-    assert gevent.spawn(next, frames).get(timeout=2) == b"1"
-    assert gevent.spawn(next, frames).get(timeout=2) == b"1"
-    gevent.spawn(frames.close).get(timeout=2)  # type: ignore[attr-defined]
+    frames = contexts.run(contexts.wrap, produce())
+    assert gevent.spawn(contexts.run, next, frames).get(timeout=2) == b"1"
+    assert gevent.spawn(contexts.run, next, frames).get(timeout=2) == b"1"
+    gevent.spawn(contexts.run, frames.close).get(timeout=2)  # type: ignore[attr-defined]
     assert finalized == [True]
     # Closed before its end, as flask.stream_with_context tells teardown.
     assert [(kind, type(exc)) for kind, exc in teardowns] == [
@@ -480,7 +480,7 @@ def test_each_step_may_run_in_another_greenlet_and_the_close_in_a_third(
     assert not has_app_context()
 
 
-def test_a_producer_closed_before_it_ran_is_closed_in_the_contexts(
+def test_a_producer_closed_before_it_ran_sees_the_contexts_without_a_push(
     app: Flask, teardowns: list[tuple[str, BaseException | None]]
 ) -> None:
     contexts, _, _ = view_contexts(app)
@@ -497,7 +497,7 @@ def test_a_producer_closed_before_it_ran_is_closed_in_the_contexts(
         def close(self) -> None:
             closed.append(g.user)
 
-    contexts(Source()).close()  # type: ignore[attr-defined]
+    contexts.run(Source().close)
     assert closed == ["ada"]
     assert teardowns == []  # never pushed, so never torn down
 
@@ -511,5 +511,5 @@ def test_an_app_context_stream_without_a_request_sees_the_apps_g(app: Flask) -> 
         yield str(g.job).encode()
         assert not has_request_context()
 
-    assert list(contexts(produce())) == [b"7"]
+    assert contexts.run(lambda: list(contexts.wrap(produce()))) == [b"7"]
     assert not has_app_context()
