@@ -222,14 +222,14 @@ class EventStream:
         core = self._core
         if core.state is State.NEW:
             return self._start()
-        writer = self._rest_writer
-        if writer is not None:
-            writer.join()  # it finishes a frame on the socket: nothing may overtake it
         self.writing_since = 0.0
         feed = self._feed
         if feed is None:
             feed = self._feed = self._choose_feed()
         while True:
+            writer = self._rest_writer
+            if writer is not None:
+                writer.join()  # it finishes a frame on the socket: nothing may overtake it
             if self._readable:
                 self._check_peer()
             turn = core.handler_turn()
@@ -288,6 +288,7 @@ class EventStream:
     def _send_rest(self) -> None:
         """Send the rest of a frame that went beside the server in part."""
         assert self._transport is not None
+        self.writing_since = time.monotonic()  # the watchdog looks at this write too
         try:
             self._transport.send_all(self._core.rest)
         except OSError:
@@ -295,6 +296,8 @@ class EventStream:
         else:
             self._core.raw_sent()
             self.last_write = time.monotonic()
+        finally:
+            self.writing_since = 0.0
 
     def _write_failed(self) -> None:
         gone = self._sock is not None and peer_closed(self._sock)
@@ -414,11 +417,11 @@ class EventStream:
 
     def _write_rest(self) -> None:
         try:
-            self._send_rest()
+            self._send_rest()  # a failure stops the producer
         finally:
             self._rest_writer = None
-        if self._core.state is State.CLOSED and self._feed is not None:
-            self._feed.stop()
+        # What the producer made meanwhile, if it waits still.
+        self.flush_beside()
 
     # The end: the server calls close() on the iterable, whatever happened.
 

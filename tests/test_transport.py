@@ -228,3 +228,30 @@ def test_a_transport_sends_what_fits_without_waiting_and_release_leaves_the_sock
     transport.release()
     assert server.fileno() >= 0  # the descriptor is still the server's
     client.recv(65536)
+
+
+def test_what_a_producer_makes_while_a_rest_is_on_its_way_follows_it_at_once(
+    pair: tuple[gevent.socket.socket, gevent.socket.socket],
+) -> None:
+    made = Flag()
+
+    def producer() -> Iterator[str]:
+        yield BIG
+        gevent.sleep(0.01)  # waits: the big frame goes beside, in part
+        yield "second"  # made while the rest of the big frame is on its way
+        made.set()
+        gevent.sleep(600)
+        yield "never"
+
+    server, client_sock = pair
+    handler = Handler(server, producer())
+    client = Client(client_sock)
+    try:
+        client.read_until(PREAMBLE)
+        assert made.wait(5)  # the client reads nothing meanwhile: the rest waits
+        client.read_until(BIG.encode() + b"\n\ndata: second\n\n", timeout=5)
+        assert client.body.count(b"data: ") == 2
+    finally:
+        client_sock.close()
+    handler.greenlet.join(5)
+    assert handler.greenlet.dead
