@@ -8,10 +8,12 @@ subscriber blocked on its own ``gevent.queue.Queue`` after one probe event.
 * ``/full``: ``@sse.stream`` as users write it (heartbeat, disconnect
   watching, the producer inside copies of the Flask contexts);
 * ``/no-heartbeat``: the same with ``heartbeat=None``;
-* ``/no-flask-context``: ``EventStream`` with heartbeat and watch, without
-  the Flask contexts in the producer;
-* ``/bare-stream``: ``EventStream`` alone: producer greenlet and buffer, no
-  heartbeat, no watch, no contexts;
+* ``/no-flask-context``: ``EventStream`` with heartbeat, watch and, where
+  one of our handlers serves the request (our runner, our gunicorn worker),
+  its transport, as ``@sse.stream`` has them, without the Flask contexts in
+  the producer;
+* ``/bare-stream``: ``EventStream`` alone on the plain path: producer
+  greenlet and buffer, no heartbeat, no watch, no transport, no contexts;
 * ``/naive``: the naive peer's view (``stream_with_context``), one greenlet.
 """
 
@@ -32,6 +34,8 @@ sse = SSE(app)
 instrument.instrument(app)
 
 PREAMBLE = b"retry: 3000\n\n"
+TRANSPORT_KEY = "flask_sse_stream.transport"
+"""Where our handlers offer a request's transport (``flask_sse_stream._transport``)."""
 
 
 def _encode(item: object) -> bytes:
@@ -52,6 +56,9 @@ def no_heartbeat() -> Iterator[object]:
 
 @app.get("/no-flask-context")
 def no_flask_context() -> Response:
+    # The library of an older commit (core.py --ref) has no transports: its
+    # environ has no such key and its EventStream takes no such argument.
+    transport = request.environ.get(TRANSPORT_KEY)
     body = EventStream(
         instrument.idle(),
         encode=_encode,
@@ -59,6 +66,7 @@ def no_flask_context() -> Response:
         heartbeat=15.0,
         sock=find_socket(request.environ),
         write_timeout=30.0,
+        **({"transport": transport} if transport is not None else {}),
     )
     return Response(body, headers=stream_headers(), direct_passthrough=True)
 

@@ -6,9 +6,16 @@ imports this module, before any request:
 
 * ``encode``: the encoder sends a ``str`` without line breaks as
   ``b"data: " + text + b"\\n\\n"`` instead of building an ``Event`` (change 1
-  of docs/benchmarks.md);
+  of docs/benchmarks.md). The library has had this fast path since ca82d17:
+  the lever now only adds a call per item, and is kept as a control (ours
+  against ours: the spread of two servers that do the same);
 * ``sendall``: our runner's handler tries one ``send()`` before gevent's
   ``sendall``, which costs a ``getsockopt`` syscall per call (change 6).
+  The runner had this override from f7cbea7 to e5f99f9; c22aec4 dropped it
+  (it overrides pywsgi's undocumented ``WSGIHandler._sendall``), so the
+  lever measures it again, on what the runner writes through the server
+  (writes beside the server go through the transport's own ``send()``).
+  It patches the runner's handler only, not our gunicorn worker's.
 
 Served like :mod:`apps` (same endpoints): ``BENCH_LEVERS=encode python -m
 flask_sse_stream serve benchmarks.apps_levers:app``.
@@ -52,7 +59,7 @@ if "sendall" in LEVERS:
                 self.socket.sendall(memoryview(data)[sent:])
         except OSError as exc:
             self.status = f"socket error: {exc}"
-            if self.code > 0:
+            if self.code is not None and self.code > 0:
                 self.code = -self.code
             raise
         self.response_length += len(data)

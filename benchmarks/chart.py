@@ -32,10 +32,13 @@ PANELS = (
 )
 LABELS = {
     "ours": "ours (runner)",
-    "ours-gunicorn": "ours (gunicorn)",
+    "ours-worker": "ours (gunicorn, our worker)",
+    "ours-gunicorn": "ours (gunicorn -k gevent)",
     "ours-redis": "ours + Redis (runner)",
-    "ours-gunicorn-redis": "ours + Redis (gunicorn)",
-    "ours-gunicorn-channels": "ours, channels (gunicorn)",
+    "ours-worker-redis": "ours + Redis (our worker)",
+    "ours-gunicorn-redis": "ours + Redis (-k gevent)",
+    "ours-worker-channels": "ours, channels (our worker)",
+    "ours-gunicorn-channels": "ours, channels (-k gevent)",
     "naive": "naive Flask view",
     "starlette": "sse-starlette",
     "flask-sse": "flask-sse + Redis",
@@ -69,7 +72,7 @@ def draw(data: dict[str, Any], out: Path) -> None:
     panels = [(p, row) for p, row in panels if row is not None and row["servers"]]
     columns = 2
     rows = (len(panels) + columns - 1) // columns
-    fig, axes = plt.subplots(rows, columns, figsize=(13, 2.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(13, 3.2 * rows), squeeze=False)
     for ax in axes.flat[len(panels) :]:
         ax.axis("off")
     for ax, ((_, _, title, log), row) in zip(axes.flat, panels, strict=False):

@@ -24,6 +24,7 @@ is the figure to trust).
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import platform
@@ -40,6 +41,7 @@ from typing import Any
 
 import report
 import servers
+from client import read_cpu_seconds
 from servers import ROOT, SERVERS, Server
 
 HERE = Path(__file__).resolve().parent
@@ -88,7 +90,7 @@ FULL = Settings(
     idle_streams=(1000,),
     idle_window=15.0,
     idle_settle=0.5,
-    idle_servers=("ours", "ours-gunicorn", "naive", "naive-timer"),
+    idle_servers=("ours", "ours-worker", "ours-gunicorn", "naive", "naive-timer"),
     hb_streams=(1000, 10000),
     ceiling_window=1.0,
     ceiling_connections=(1, 100),
@@ -120,10 +122,11 @@ QUICK = Settings(
     s3_window=0.3,
     s3_warmup=0.1,
 )
-OURS = ("ours", "ours-gunicorn")
+OURS = ("ours", "ours-worker", "ours-gunicorn")
+"""Our runner, gunicorn with our worker class, plain gunicorn -k gevent."""
 PEERS = ("naive", "starlette", "flask-sse")
 STREAM_SERVERS = OURS + PEERS
-FANOUT_SERVERS = (*OURS, "ours-redis", "ours-gunicorn-redis", *PEERS)
+FANOUT_SERVERS = (*OURS, "ours-redis", "ours-worker-redis", "ours-gunicorn-redis", *PEERS)
 SKIPPED: dict[str, str] = {}
 """Servers that could not run here, and why (reported with the results)."""
 
@@ -449,7 +452,7 @@ def scenario_disconnect(
     }
 
 
-IDLE_SERVERS = (*OURS, "ours-gunicorn-channels", *PEERS)
+IDLE_SERVERS = (*OURS, "ours-worker-channels", "ours-gunicorn-channels", *PEERS)
 
 
 def _idle_job(server: Server, settings: Settings, flag: str) -> dict[str, Any]:
@@ -722,10 +725,13 @@ def scenario_single(settings: Settings) -> dict[str, Any]:
     """S3: one stream, ~50-byte events as fast as the server sends them."""
     names = runnable(STREAM_SERVERS)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    failures: dict[str, list[str]] = {}
     servers = [Server(SERVERS[name]) for name in names]
     try:
         for rep in range(settings.reps):
             for server in servers:
+                if server.spec.name in failures:
+                    continue
                 job = {
                     "scenario": "single",
                     "host": "127.0.0.1",
@@ -741,6 +747,13 @@ def scenario_single(settings: Settings) -> dict[str, Any]:
                     f"client {result['client_cpu_pct']:.0f} %), gaps {result['gaps']}"
                 )
                 runs[server.spec.name].append(result)
+                why = _unresponsive(server)
+                if why is not None:
+                    # A producer left running after its client closed would
+                    # take a core from the servers measured after it.
+                    log(f"S3 rep {rep + 1} {server.spec.name}: {why}; stopped")
+                    failures[server.spec.name] = [why]
+                    server.stop()
     finally:
         for server in servers:
             server.stop()
@@ -771,8 +784,26 @@ def scenario_single(settings: Settings) -> dict[str, Any]:
         "params": {"window_s": settings.s3_window},
         "servers": server_commands(names),
         "rows": aggregate(runs, metrics, ours, peers),
+        "failures": failures,
         "raw": runs,
     }
+
+
+def _unresponsive(server: Server, timeout: float = 5.0) -> str | None:
+    """Why ``server`` is not fit to go on once its stream closed, or ``None``."""
+    if not server.alive():
+        return "the server died"
+    before = read_cpu_seconds(server.pid)
+    time.sleep(0.5)
+    busy = (read_cpu_seconds(server.pid) - before) / 0.5
+    try:
+        servers.get_json(server.port, "/pid", timeout=timeout)
+    except (OSError, ValueError, http.client.HTTPException) as exc:
+        return (
+            f"no answer to /pid within {timeout:g} s after the client closed its stream "
+            f"({type(exc).__name__}; the worker at {100 * busy:.0f} % CPU)"
+        )
+    return None
 
 
 def scenario_ceiling(settings: Settings) -> dict[str, Any]:
@@ -816,7 +847,15 @@ BREAKDOWN = ("full", "no-heartbeat", "no-flask-context", "bare-stream", "naive")
 
 def scenario_memory(settings: Settings, streams: int) -> dict[str, Any]:
     """MEM: RSS per idle stream with parts of our stream taken away (diagnostic)."""
-    hosts = {"breakdown": "runner", "breakdown-gunicorn": "gunicorn"}
+    hosts = {
+        name: short
+        for name, short in (
+            ("breakdown", "runner"),
+            ("breakdown-worker", "worker"),
+            ("breakdown-gunicorn", "gunicorn"),
+        )
+        if name in runnable([name])
+    }
     runs: dict[str, list[dict[str, Any]]] = {}
     for rep in range(settings.reps):
         for name, short in hosts.items():
@@ -845,9 +884,12 @@ def scenario_memory(settings: Settings, streams: int) -> dict[str, Any]:
         "what": (
             "As S1 (fresh server per repetition, RSS before and after, every stream proven "
             "live), on benchmarks/apps_breakdown.py: full = @sse.stream; no-heartbeat = "
-            "heartbeat=None; no-flask-context = EventStream with heartbeat and disconnect "
-            "watch but no Flask contexts in the producer; bare-stream = EventStream "
-            "alone (producer greenlet and buffer); naive = the naive peer's view."
+            "heartbeat=None; no-flask-context = EventStream with heartbeat, disconnect "
+            "watch and the transport of our handlers (runner, our worker) as @sse.stream "
+            "has them, but no Flask contexts in the producer; bare-stream = EventStream "
+            "alone on the plain path (producer greenlet and buffer); naive = the naive "
+            "peer's view. runner = our runner, worker = gunicorn -k "
+            "flask_sse_stream.gunicorn.GeventWorker, gunicorn = plain gunicorn -k gevent."
         ),
         "params": {"streams": streams},
         "servers": server_commands(hosts),
@@ -1158,7 +1200,7 @@ def main(argv: list[str] | None = None) -> None:
     data = {"meta": meta, "scenarios": scenarios}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=1) + "\n")
-    log(f"wrote {out.relative_to(ROOT)} in {meta['runtime_s']} s")
+    log(f"wrote {os.path.relpath(out, ROOT)} in {meta['runtime_s']} s")
     if args.quick or only:
         print(report.results_markdown(data))
     else:

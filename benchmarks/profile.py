@@ -6,6 +6,7 @@ the benchmark environment)::
     .venv/bin/python benchmarks/profile.py s2 --server ours --phase lat
     .venv/bin/python benchmarks/profile.py s2 --server ours --phase sat
     .venv/bin/python benchmarks/profile.py s3 --server ours
+    .venv/bin/python benchmarks/profile.py s3 --server ours-worker   # or ours-gunicorn
     .venv/bin/python benchmarks/profile.py mem --server ours --streams 1000
     .venv/bin/python benchmarks/profile.py idle --server ours --streams 10000
     .venv/bin/python benchmarks/profile.py levers --ref HEAD    # proposed changes, measured
@@ -319,6 +320,10 @@ def main() -> None:
         snapshot = tempfile.TemporaryDirectory(prefix="bench-")
         core.export(args.ref, Path(snapshot.name))
         servers.use_source(Path(snapshot.name))
+    if args.command != "levers":
+        why = SERVERS[args.server].missing()
+        if why is not None:
+            sys.exit(f"{args.server} cannot run here: {why}")
     if args.command == "levers":
         measure_levers(args)
     elif args.command == "mem":

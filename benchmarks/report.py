@@ -33,12 +33,38 @@ HEADLINES = (
 
 SHORT = {
     "ours": "runner",
-    "ours-gunicorn": "gunicorn",
+    "ours-worker": "our worker",
+    "ours-gunicorn": "-k gevent",
     "ours-redis": "runner+Redis",
-    "ours-gunicorn-redis": "gunicorn+Redis",
-    "ours-gunicorn-channels": "gunicorn, channels",
+    "ours-worker-redis": "our worker+Redis",
+    "ours-gunicorn-redis": "-k gevent+Redis",
+    "ours-worker-channels": "our worker, channels",
+    "ours-gunicorn-channels": "-k gevent, channels",
     "shared": "shared loop",
 }
+
+# How ours were served, for the reader of the tables: the same app three
+# ways. (servers, short name, what it is); listed where one of the servers ran.
+LEGEND = (
+    (
+        ("ours", "ours-redis"),
+        "runner",
+        "our runner, `python -m flask_sse_stream serve` (writes beside the server)",
+    ),
+    (
+        ("ours-worker", "ours-worker-redis", "ours-worker-channels"),
+        "our worker",
+        "gunicorn with the worker class the library ships, "
+        "`gunicorn -k flask_sse_stream.gunicorn.GeventWorker` (writes beside the server)",
+    ),
+    (
+        ("ours-gunicorn", "ours-gunicorn-redis", "ours-gunicorn-channels"),
+        "-k gevent",
+        "plain `gunicorn -k gevent`; from c22aec4 on the plain path (a producer "
+        "greenlet, every byte through the server), before it writes beside the server "
+        "as under the runner",
+    ),
+)
 
 
 # Issue 6's targets: (label, scenario, metric, kind, bound); kind "ratio" is
@@ -149,6 +175,10 @@ def scenario_table(scenario: dict[str, Any]) -> list[str]:
                 f"| {row['label']}{_unit(row)} | {name} | {number(figure['median'])} "
                 f"| {spread(figure)} | {versus} |"
             )
+    failed = {name: whys for name, whys in scenario.get("failures", {}).items() if whys}
+    if failed:
+        lines += ["", "Failed:", ""]
+        lines += [f"- `{name}`: {'; '.join(whys)}" for name, whys in failed.items()]
     lines += ["", "Servers:", ""]
     lines += [f"- `{name}`: `{command}`" for name, command in scenario["servers"].items()]
     lines.append("")
@@ -227,6 +257,24 @@ def _unit_suffix(row: dict[str, Any]) -> str:
     return f" {row['unit']}" if row["unit"] else ""
 
 
+def legend(data: dict[str, Any]) -> list[str]:
+    """Which of ours is which, for the servers that ran."""
+    ran = {name for scenario in data["scenarios"] for name in scenario["servers"]}
+    lines = [
+        f"- {short} (`{'`, `'.join(n for n in names if n in ran)}`): {text}"
+        for names, short, text in LEGEND
+        if ran.intersection(names)
+    ]
+    if not lines:
+        return []
+    return [
+        "Ours, served in these ways (short names in the headline and targets tables):",
+        "",
+        *lines,
+        "",
+    ]
+
+
 def results_markdown(data: dict[str, Any]) -> str:
     meta = data["meta"]
     versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
@@ -250,6 +298,7 @@ def results_markdown(data: dict[str, Any]) -> str:
         + (f" Benchmark environment (the peers): {peers}." if peers else ""),
         "",
         *([f"Skipped: {skipped}.", ""] if skipped else []),
+        *legend(data),
         "#### Headline figures",
         "",
         *headline_table(data),

