@@ -138,6 +138,10 @@ class GreenletFeed:
                     room.get()  # switched by taken(), once the handler took the frames
                 core.item(frame)
                 self.wake()
+                if core.reason is not None:
+                    # Ended from outside: a producer that never waits would
+                    # never see the kill, and a drained stream takes no more.
+                    break
         except gevent.GreenletExit:
             return  # killed: whoever killed it has set the reason
         except Exception:

@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -512,3 +513,48 @@ def test_a_dropped_subscription_ends_its_stream(broker: MemoryBroker) -> None:
     finally:
         stream.close()
         small.close()
+
+
+def never_waits(finalized: Flag) -> Iterator[str]:
+    try:
+        n = 0
+        while True:
+            n += 1
+            yield str(n)
+    finally:
+        finalized.set()
+
+
+@pytest.mark.timeout(3)
+def test_a_producer_that_never_waits_stops_when_the_client_leaves(pair: Pair) -> None:
+    finalized = Flag()
+    reasons = Reasons()
+    stream = make(never_waits(finalized), sock=pair.server, buffer_size=4, on_close=reasons)
+    next(stream)
+    next(stream)  # took a full buffer: the producer is about to run on
+    pair.client.close()
+    started = time.monotonic()
+    stream.close()  # as a server does when its write fails
+    assert finalized.is_set()
+    # Not held up by a producer that runs on without ever letting the kill in.
+    assert time.monotonic() - started < 1
+    assert reasons == [CloseReason.DISCONNECT]
+
+
+@pytest.mark.timeout(3)
+def test_a_drained_producer_that_never_waits_stops_and_memory_stays_bounded() -> None:
+    finalized = Flag()
+    stream = make(never_waits(finalized), buffer_size=4)
+    try:
+        next(stream)
+        next(stream)
+        assert drain(retry=100, jitter=0) == 1
+        started = time.monotonic()
+        with gevent.Timeout(2):
+            rest = b"".join(stream)
+        assert finalized.wait(2)
+        assert time.monotonic() - started < 1
+    finally:
+        stream.close()
+    assert rest.endswith(b"retry: 100\n\n")
+    assert rest.count(b"data: ") <= 4 + 1  # the buffer, and the item in hand
