@@ -26,17 +26,9 @@ from flask.json.provider import DefaultJSONProvider
 from redis import BlockingConnectionPool
 from redis.exceptions import RedisError
 
-from .broker._local import _base36, _check_sizes
-from .broker.redis import (
-    BrokerUnavailableError,
-    _connection_factory,
-    _encode,
-    _Keys,
-    _new_epoch,
-    _pipeline,
-    _run_publish,
-    _where,
-)
+from .broker._local import base36, check_sizes
+from .broker._redis_wire import Keys, Store, connection_factory, encode, pipeline, where
+from .broker.base import BrokerUnavailableError
 from .channels import check_channel
 from .event import Event, JSONDumps
 
@@ -86,24 +78,23 @@ class Publisher:
         timeout: float = 5.0,
         max_connections: int = 10,
     ) -> None:
-        _check_sizes(history_size, 1)
-        self._keys = _Keys(key_prefix)
-        self._history_size = history_size
+        check_sizes(history_size, 1)
+        keys = Keys(key_prefix)
         self._dumps = json_dumps
-        connection_class, kwargs = _connection_factory(
+        connection_class, kwargs = connection_factory(
             url, timeout=timeout, socket_timeout=timeout, name="flask-sse-stream:publisher"
         )
-        self._where = _where(kwargs)
+        self._where = where(kwargs)
         self._pool = _BlockingPool(
             connection_class=connection_class,
             max_connections=max_connections,
             timeout=timeout,
             **kwargs,
         )
-        self._candidate = _new_epoch()
+        self._store = Store(self._execute, keys, history_size)
 
     def __repr__(self) -> str:
-        return f"<Publisher {self._where} prefix={self._keys.prefix!r}>"
+        return f"<Publisher {self._where} prefix={self._store.keys.prefix!r}>"
 
     def publish(
         self,
@@ -128,19 +119,8 @@ class Publisher:
         if not isinstance(data, str):
             data = self._dumps(data)
         stored = Event(data, event=event, id=id, retry=retry)
-        blob = _encode(stored, self._dumps)
-        candidate = self._candidate
-        epoch, n = _run_publish(
-            self._execute,
-            keys=self._keys,
-            channel=channel,
-            blob=blob,
-            candidate=candidate,
-            history_size=self._history_size,
-        )
-        if epoch == candidate:
-            self._candidate = _new_epoch()
-        return stored.id if stored.id is not None else f"{epoch}-{_base36(n)}"
+        epoch, n = self._store.publish(channel, encode(stored, self._dumps))
+        return stored.id if stored.id is not None else f"{epoch}-{base36(n)}"
 
     def _execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         try:
@@ -148,7 +128,7 @@ class Publisher:
         except (RedisError, OSError) as exc:
             raise BrokerUnavailableError(f"Redis at {self._where} is unavailable: {exc}") from exc
         try:
-            return _pipeline(conn, commands)
+            return pipeline(conn, commands)
         except (RedisError, OSError) as exc:
             raise BrokerUnavailableError(f"Redis at {self._where} is unavailable: {exc}") from exc
         finally:

@@ -61,11 +61,26 @@ from gevent.hub import Hub, Waiter
 
 from ..event import Event
 
-__all__ = ["LocalFanOut", "LocalSubscription"]
+__all__ = [
+    "HubWaker",
+    "LocalFanOut",
+    "LocalSubscription",
+    "Subscriber",
+    "allocate_lock",
+    "base36",
+    "check_publish",
+    "check_sizes",
+    "check_subscribe",
+    "current_waker",
+    "get_ident",
+    "parse_id",
+    "seq_of",
+    "wake",
+]
 
 # The process may be monkey-patched; these must be the OS thread primitives.
-_allocate_lock = monkey.get_original("_thread", "allocate_lock")
-_get_ident = monkey.get_original("_thread", "get_ident")
+allocate_lock = monkey.get_original("_thread", "allocate_lock")
+get_ident = monkey.get_original("_thread", "get_ident")
 _ThreadLocal = monkey.get_original("_thread", "_local")
 
 _DIGITS: Final = "0123456789abcdefghijklmnopqrstuvwxyz"
@@ -73,10 +88,12 @@ _PART = r"(0|[1-9a-z][0-9a-z]{0,15})"
 _ID: Final = re.compile(_PART + "-" + _PART, re.ASCII)
 _MAX_ID_LENGTH: Final = 40
 _TIMED_OUT: Final = object()
-_seq_of = itemgetter(0)
+seq_of = itemgetter(0)
+"""The sequence number of a ``(n, ...)`` history entry: the key to merge histories by."""
 
 
-def _base36(number: int) -> str:
+def base36(number: int) -> str:
+    """``number`` (``>= 0``) in base 36, lower case: the ``n`` of an id."""
     if number < 36:
         return _DIGITS[number]
     digits = []
@@ -86,7 +103,7 @@ def _base36(number: int) -> str:
     return "".join(reversed(digits))
 
 
-def _parse_id(last_id: str) -> tuple[str, int] | None:
+def parse_id(last_id: str) -> tuple[str, int] | None:
     """Split an id of ours into ``(epoch, n)``; ``None`` if it cannot be one."""
     if len(last_id) > _MAX_ID_LENGTH:
         return None
@@ -96,14 +113,15 @@ def _parse_id(last_id: str) -> tuple[str, int] | None:
     return match[1], int(match[2], 36)
 
 
-def _check_publish(channel: str, event: Event) -> None:
+def check_publish(channel: str, event: Event) -> None:
+    """Check ``publish()``'s arguments; raise ``TypeError`` if they are not a name and an Event."""
     if not isinstance(event, Event):
         raise TypeError(f"publish() takes an Event, not {type(event).__name__}")
     if not isinstance(channel, str) or not channel:
         raise TypeError(f"a channel is a non-empty str, not {channel!r:.80}")
 
 
-def _check_subscribe(channels: Sequence[str], last_id: str | None) -> tuple[str, ...]:
+def check_subscribe(channels: Sequence[str], last_id: str | None) -> tuple[str, ...]:
     """Check ``subscribe()``'s arguments; return the names without duplicates."""
     if isinstance(channels, str):
         raise TypeError(f"channels is a sequence of names; write [{channels!r:.80}]")
@@ -118,7 +136,8 @@ def _check_subscribe(channels: Sequence[str], last_id: str | None) -> tuple[str,
     return names
 
 
-def _check_sizes(history_size: int, queue_size: int) -> None:
+def check_sizes(history_size: int, queue_size: int) -> None:
+    """Check a broker's sizes; raise ``ValueError`` naming the one that is wrong."""
     if isinstance(history_size, bool) or not isinstance(history_size, int) or history_size < 0:
         raise ValueError(f"history_size must be a whole number >= 0, got {history_size!r}")
     if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
@@ -128,7 +147,7 @@ def _check_sizes(history_size: int, queue_size: int) -> None:
 # Waking greenlets that wait on a subscription, per hub.
 
 
-def _switch_all(waker: _HubWaker) -> None:
+def _switch_all(waker: HubWaker) -> None:
     # Runs in the hub greenlet: Waiter.switch must be called from there.
     pending = waker.pending
     while pending:
@@ -150,7 +169,7 @@ def _switch_all(waker: _HubWaker) -> None:
         waiter.switch(None)
 
 
-class _HubWaker:
+class HubWaker:
     """Wakes the waiting greenlets of one hub, from its own thread or others.
 
     A fan-out queues the waiters it wakes here and kicks the waker once,
@@ -168,9 +187,9 @@ class _HubWaker:
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
         self.loop = hub.loop
-        self.thread_id: int = _get_ident()
+        self.thread_id: int = get_ident()
         # Appended to from any thread (atomic under the GIL), drained in the hub.
-        self.pending: deque[tuple[Waiter[Any], _Subscriber]] = deque()
+        self.pending: deque[tuple[Waiter[Any], Subscriber]] = deque()
         self._watcher = hub.loop.async_()
         self._waiting = 0
         self._scheduled = False
@@ -185,7 +204,7 @@ class _HubWaker:
         if not self._waiting:
             self._watcher.stop()
 
-    def add(self, waiter: Waiter[Any], sub: _Subscriber) -> None:
+    def add(self, waiter: Waiter[Any], sub: Subscriber) -> None:
         """Queue ``sub``'s ``waiter`` to be switched to at the next :meth:`kick`."""
         self.pending.append((waiter, sub))
 
@@ -208,15 +227,16 @@ class _HubWaker:
 _wakers = _ThreadLocal()
 
 
-def _current_waker() -> _HubWaker:
+def current_waker() -> HubWaker:
+    """The waker of the current thread's hub, made on first use."""
     hub = gevent.get_hub()
-    waker: _HubWaker | None = getattr(_wakers, "waker", None)
+    waker: HubWaker | None = getattr(_wakers, "waker", None)
     if waker is None or waker.hub is not hub:
-        waker = _wakers.waker = _HubWaker(hub)
+        waker = _wakers.waker = HubWaker(hub)
     return waker
 
 
-class _Subscriber:
+class Subscriber:
     """What the broker holds of one subscription; the fan-out loop's unit."""
 
     __slots__ = (
@@ -235,7 +255,7 @@ class _Subscriber:
         self.queue: deque[Event] = deque()
         # At most one (waker, waiter): the owner appends it before it sleeps,
         # whoever wakes it pops it, so a wake-up is never lost or doubled.
-        self.waiting: list[tuple[_HubWaker, Waiter[Any]]] = []
+        self.waiting: list[tuple[HubWaker, Waiter[Any]]] = []
         self.ended = False
         self.dropped = False
         self.sink: Callable[[], bool] | None = None
@@ -244,7 +264,8 @@ class _Subscriber:
         self.interrupted = False
 
 
-def _wake(sub: _Subscriber, thread_id: int) -> None:
+def wake(sub: Subscriber, thread_id: int) -> None:
+    """Wake ``sub``'s waiting greenlet, if any; ``thread_id`` is the caller's thread."""
     try:
         waker, waiter = sub.waiting.pop()
     except IndexError:
@@ -264,13 +285,13 @@ class LocalFanOut:
 
     def __init__(self, queue_size: int) -> None:
         self._queue_size = queue_size
-        self._lock = _allocate_lock()
-        self._subscribers: dict[str, set[_Subscriber]] = {}
+        self._lock = allocate_lock()
+        self._subscribers: dict[str, set[Subscriber]] = {}
         self._open = 0
         # Subscriptions garbage-collected without close(): released under
         # the lock by the next call, since a finalizer may run anywhere,
         # even inside publish() while this thread holds the lock.
-        self._orphans: deque[_Subscriber] = deque()
+        self._orphans: deque[Subscriber] = deque()
         self._closed = False
         self._published = 0
         self._delivered = 0
@@ -288,17 +309,17 @@ class LocalFanOut:
         """True once :meth:`close` has been called."""
         return self._closed
 
-    def _fan_out(self, subscribers: set[_Subscriber], event: Event, me: int) -> None:
+    def _fan_out(self, subscribers: set[Subscriber], event: Event, me: int) -> None:
         """Queue ``event`` for each of ``subscribers`` and wake those that wait.
 
         The lock is held; ``me`` is the caller's thread id.
         """
         limit = self._queue_size
-        full: list[_Subscriber] | None = None
+        full: list[Subscriber] | None = None
         # Usually every waiting subscriber is in one hub; with the werkzeug
         # server each is in its own.
-        waker: _HubWaker | None = None
-        more_wakers: set[_HubWaker] | None = None
+        waker: HubWaker | None = None
+        more_wakers: set[HubWaker] | None = None
         for sub in subscribers:
             queue = sub.queue
             if len(queue) >= limit:
@@ -333,7 +354,7 @@ class LocalFanOut:
             for sub in full:
                 self._end(sub, me, dropped=True)
 
-    def _register(self, sub: _Subscriber) -> None:
+    def _register(self, sub: Subscriber) -> None:
         """Add ``sub`` to the fan-out sets of its channels; the lock is held."""
         subscribers = self._subscribers
         for name in sub.channels:
@@ -342,7 +363,7 @@ class LocalFanOut:
                 channel_subs = subscribers[name] = set()
             channel_subs.add(sub)
 
-    def _unregister(self, sub: _Subscriber) -> None:
+    def _unregister(self, sub: Subscriber) -> None:
         """Remove ``sub`` from the fan-out sets; the lock is held."""
         subscribers = self._subscribers
         for name in sub.channels:
@@ -352,14 +373,14 @@ class LocalFanOut:
                 if not channel_subs:
                     del subscribers[name]
 
-    def _everyone(self) -> set[_Subscriber]:
+    def _everyone(self) -> set[Subscriber]:
         """Every open subscriber; the lock is held."""
-        everyone: set[_Subscriber] = set()
+        everyone: set[Subscriber] = set()
         for channel_subs in self._subscribers.values():
             everyone |= channel_subs
         return everyone
 
-    def _end(self, sub: _Subscriber, me: int, *, dropped: bool = False) -> None:
+    def _end(self, sub: Subscriber, me: int, *, dropped: bool = False) -> None:
         """Unregister ``sub``, free its queue and wake it; the lock is held."""
         if sub.ended:
             return
@@ -370,21 +391,21 @@ class LocalFanOut:
         self._open -= 1
         if dropped:
             self._dropped_slow += 1
-        _wake(sub, me)
+        wake(sub, me)
 
     def _release_orphans(self, me: int) -> None:
         orphans = self._orphans
         while orphans:
             self._end(orphans.popleft(), me)
 
-    def _close_subscriber(self, sub: _Subscriber) -> None:
+    def _close_subscriber(self, sub: Subscriber) -> None:
         if sub.ended:
             return
-        me = _get_ident()
+        me = get_ident()
         with self._lock:
             self._end(sub, me)
 
-    def _orphaned(self, sub: _Subscriber) -> None:
+    def _orphaned(self, sub: Subscriber) -> None:
         if not sub.ended:
             self._orphans.append(sub)
 
@@ -397,7 +418,7 @@ class LocalFanOut:
     def _local_stats(self) -> dict[str, Any]:
         """The counters and local state, for a ``BrokerStats``; the lock is held."""
         if self._orphans:
-            self._release_orphans(_get_ident())
+            self._release_orphans(get_ident())
         per_channel = {name: len(subs) for name, subs in self._subscribers.items()}
         return {
             "subscribers": per_channel,
@@ -422,7 +443,7 @@ class LocalSubscription:
     __slots__ = ("__weakref__", "_broker", "_queue", "_replay", "_reset", "_sub")
 
     def __init__(
-        self, broker: LocalFanOut, sub: _Subscriber, replay: list[Event], reset: bool
+        self, broker: LocalFanOut, sub: Subscriber, replay: list[Event], reset: bool
     ) -> None:
         self._broker = broker
         self._sub = sub
@@ -500,7 +521,7 @@ class LocalSubscription:
 
     def _wait(self, timeout: float | None) -> bool:
         sub = self._sub
-        waker = _current_waker()
+        waker = current_waker()
         waiter: Waiter[Any] = Waiter(waker.hub)
         waker.enter()
         try:
@@ -528,7 +549,7 @@ class LocalSubscription:
         """Make a :meth:`wait` in progress return now; see ``Subscription``."""
         sub = self._sub
         sub.interrupted = True
-        _wake(sub, _get_ident())
+        wake(sub, get_ident())
 
     def set_sink(self, sink: Callable[[], bool] | None) -> None:
         """Let ``sink()`` take new events in the hub while :meth:`wait` waits.

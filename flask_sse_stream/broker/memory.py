@@ -32,14 +32,14 @@ from ..event import Event
 from ._local import (
     LocalFanOut,
     LocalSubscription,
-    _base36,
-    _check_publish,
-    _check_sizes,
-    _check_subscribe,
-    _get_ident,
-    _parse_id,
-    _seq_of,
-    _Subscriber,
+    Subscriber,
+    base36,
+    check_publish,
+    check_sizes,
+    check_subscribe,
+    get_ident,
+    parse_id,
+    seq_of,
 )
 from .base import RESET_EVENT, Broker, BrokerClosedError, BrokerStats, Subscription
 
@@ -70,10 +70,10 @@ class MemoryBroker(LocalFanOut):
     """
 
     def __init__(self, history_size: int = 1000, queue_size: int = 1000) -> None:
-        _check_sizes(history_size, queue_size)
+        check_sizes(history_size, queue_size)
         super().__init__(queue_size)
         self._history_size = history_size
-        self._epoch = _base36(secrets.randbits(40))
+        self._epoch = base36(secrets.randbits(40))
         self._seq = 0
         self._histories: dict[str, _History] = {}
 
@@ -92,8 +92,8 @@ class MemoryBroker(LocalFanOut):
 
     def publish(self, channel: str, event: Event) -> Event:
         """Store ``event`` in ``channel``'s history and deliver it; see :class:`Broker`."""
-        _check_publish(channel, event)
-        me = _get_ident()
+        check_publish(channel, event)
+        me = get_ident()
         with self._lock:
             if self._closed:
                 raise BrokerClosedError("publish() on a closed broker")
@@ -101,7 +101,7 @@ class MemoryBroker(LocalFanOut):
                 self._release_orphans(me)
             seq = self._seq = self._seq + 1
             if event.id is None:
-                event = Event(event.data, event.event, f"{self._epoch}-{_base36(seq)}", event.retry)
+                event = Event(event.data, event.event, f"{self._epoch}-{base36(seq)}", event.retry)
             history = self._histories.get(channel)
             if history is None:
                 history = self._histories[channel] = _History(self._history_size)
@@ -119,10 +119,10 @@ class MemoryBroker(LocalFanOut):
 
     def subscribe(self, channels: Sequence[str], last_id: str | None = None) -> MemorySubscription:
         """Subscribe to ``channels`` from ``last_id``; see :class:`Broker`."""
-        names = _check_subscribe(channels, last_id)
+        names = check_subscribe(channels, last_id)
         last_seq = None if last_id is None else self._parse(last_id)
-        sub = _Subscriber(names)
-        me = _get_ident()
+        sub = Subscriber(names)
+        me = get_ident()
         reset = False
         with self._lock:
             if self._closed:
@@ -133,7 +133,7 @@ class MemoryBroker(LocalFanOut):
             if last_id is not None:
                 tail = None if last_seq is None else self._tail(names, last_seq)
                 if tail is None:
-                    position = f"{self._epoch}-{_base36(self._seq)}"
+                    position = f"{self._epoch}-{base36(self._seq)}"
                     replay.append(Event("", event=RESET_EVENT, id=position))
                     reset = True
                     self._resets += 1
@@ -146,7 +146,7 @@ class MemoryBroker(LocalFanOut):
 
     def _parse(self, last_id: str) -> int | None:
         """The sequence number ``last_id`` names, or ``None`` if it is not one of ours."""
-        parsed = _parse_id(last_id)
+        parsed = parse_id(last_id)
         if parsed is None or parsed[0] != self._epoch:
             return None
         return parsed[1]
@@ -174,13 +174,13 @@ class MemoryBroker(LocalFanOut):
             return []
         if len(runs) == 1:
             return [event for _, event in runs[0]]
-        return [event for _, event in heapq.merge(*runs, key=_seq_of)]
+        return [event for _, event in heapq.merge(*runs, key=seq_of)]
 
     # Ending.
 
     def close(self) -> None:
         """End every subscription, forget every channel; idempotent."""
-        me = _get_ident()
+        me = get_ident()
         with self._lock:
             if self._closed:
                 return

@@ -23,7 +23,7 @@ from gevent._hub_local import get_hub_if_exists
 
 from flask_sse_stream import Event
 from flask_sse_stream.broker import RESET_EVENT, MemoryBroker, MemorySubscription
-from flask_sse_stream.broker._local import _current_waker
+from flask_sse_stream.broker._local import current_waker
 
 from .conftest import claims_everything, take, wait_until
 
@@ -314,7 +314,7 @@ def test_waking_a_hub_that_was_destroyed_meanwhile_does_not_break_publish() -> N
     # A publisher may pop the waiter of a reader whose thread then ends and
     # destroys its hub before the publisher kicks it.
     def make_waker() -> Any:
-        waker = _current_waker()
+        waker = current_waker()
         waker.enter()
         waker.leave()
         return waker

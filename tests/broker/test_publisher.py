@@ -20,7 +20,8 @@ from gevent import monkey
 from redis_server import RedisServer, free_port
 
 from flask_sse_stream import InvalidChannelError, InvalidEventError
-from flask_sse_stream.broker.redis import BrokerUnavailableError, RedisBroker, _decode
+from flask_sse_stream.broker._redis_wire import decode
+from flask_sse_stream.broker.redis import BrokerUnavailableError, RedisBroker
 from flask_sse_stream.publisher import Publisher, flask_json_dumps
 
 
@@ -71,7 +72,7 @@ def test_the_event_is_stored_in_the_channel_stream_and_published(
         assert entry_id == f"{int(n, 36)}-0"
         assert fields == {"e": blob}
         assert client.hget(f"{prefix}state", "epoch") == epoch
-        stored = _decode(blob.encode(), event_id)
+        stored = decode(blob.encode(), event_id)
         assert (stored.data, stored.event, stored.retry, stored.id) == (
             '{"a": 2, "b": 1}',
             "update",

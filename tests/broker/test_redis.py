@@ -29,11 +29,8 @@ from redis_server import RedisServer, find_redis_server, free_port
 
 from flask_sse_stream import SSE, Event
 from flask_sse_stream.broker import RESET_EVENT, Subscription
-from flask_sse_stream.broker.redis import (
-    BrokerUnavailableError,
-    RedisBroker,
-    _pipeline,
-)
+from flask_sse_stream.broker._redis_wire import pipeline
+from flask_sse_stream.broker.redis import BrokerUnavailableError, RedisBroker
 from flask_sse_stream.publisher import Publisher
 
 from .conftest import take, wait_until
@@ -104,8 +101,8 @@ def pubsub_clients(server: RedisServer) -> list[dict[str, Any]]:
 
 def pubsub_address(broker: RedisBroker) -> str:
     """The address Redis sees for ``broker``'s pub/sub connection."""
-    wait_until(lambda: broker._up, what="the pub/sub connection")
-    host, port = broker._conn._sock.getsockname()[:2]
+    wait_until(lambda: broker._link.up, what="the pub/sub connection")
+    host, port = broker._link.conn._sock.getsockname()[:2]
     return f"{host}:{port}"
 
 
@@ -333,10 +330,12 @@ def test_client_kill_of_the_pubsub_connection_while_publishing_loses_nothing(
         _publish_sequence, lambda n: publisher.publish("a", Event(str(n))), count, rate
     )
     for when in (0.5, 1.2, 1.9):
-        wait_until(lambda w=when: sender.dead or broker._position >= w * rate, what="publishing")
+        wait_until(
+            lambda w=when: sender.dead or broker._link.position >= w * rate, what="publishing"
+        )
         kill_pubsub(redis_server, broker)
     sender.get(timeout=30)
-    assert broker._reconnects == 3
+    assert broker._link.reconnects == 3
     for reader in readers:
         got = reader.get(timeout=30)
         assert [event.event for event in got if event.event == RESET_EVENT] == []
@@ -476,7 +475,7 @@ def test_a_killed_greenlet_never_leaves_a_half_read_connection_in_the_pool(
         elif number % 3 == 1:
             broker.publish(f"k{number % 5}", Event(payload))
         else:
-            broker._snapshot([f"k{n}" for n in range(5)], 0)
+            broker._store.snapshot([f"k{n}" for n in range(5)], 0)
 
     killed = 0
     for number in range(200):
@@ -502,7 +501,7 @@ def test_a_killed_greenlet_never_leaves_a_half_read_connection_in_the_pool(
     for index, conn in enumerate(idle):
         assert not conn.can_read(0)
         token = f"token-{index}-{uuid.uuid4().hex}"
-        assert _pipeline(conn, [("ECHO", token)]) == [token.encode()]
+        assert pipeline(conn, [("ECHO", token)]) == [token.encode()]
     # And through the pool, from many greenlets at once.
     tokens = [f"t{n}" for n in range(200)]
     echoes = [gevent.spawn(broker._pool.execute, [("ECHO", t)]) for t in tokens]
@@ -538,7 +537,7 @@ def test_redis_refusing_a_command_is_a_clear_error(
     with pytest.raises(BrokerUnavailableError, match="refused to publish to 'c'"):
         broker.publish("c", Event("x"))
     with pytest.raises(BrokerUnavailableError, match="refused"):
-        broker._snapshot(["c"], 0)
+        broker._store.snapshot(["c"], 0)
     assert broker.stats().subscriptions == 0
 
 
@@ -571,11 +570,11 @@ def test_a_pubsub_connection_that_goes_silent_is_replaced(
         assert datas(take(subscription, 1)) == ["0"]
         with redis_server.client() as client:
             client.client_pause(3000)
-        wait_until(lambda: not broker._up, what="the silence to be noticed")
+        wait_until(lambda: not broker._link.up, what="the silence to be noticed")
         other.publish("c", Event("1"))  # Redis runs it when the pause ends
         assert datas(take(subscription, 1)) == ["1"]
-        wait_until(lambda: broker._up, what="the reconnection")
-        assert broker._reconnects >= 1
+        wait_until(lambda: broker._link.up, what="the reconnection")
+        assert broker._link.reconnects >= 1
 
 
 def test_the_constructor_checks_its_arguments() -> None:

@@ -1,0 +1,339 @@
+"""What the Redis broker and :class:`~flask_sse_stream.Publisher` keep in Redis, and how.
+
+What lives in Redis, under ``key_prefix`` (``sse:`` by default):
+
+* ``sse:state``, a hash: ``epoch``, a random token, and ``seq``, the one
+  counter that numbers the events of every channel;
+* ``sse:stream:<channel>``, a stream per channel: the history, one entry per
+  event with the stream id ``<n>-0``, trimmed with ``MAXLEN ~ history_size``;
+* ``sse:meta``, a hash: per channel, ``"<epoch> <n>"``, where everything of
+  that channel up to ``n`` has been trimmed away;
+* pub/sub channel ``sse:<channel>`` carries each event as it is published,
+  as ``"<epoch> <n> <event>"``.
+
+One Lua script publishes: it takes the next ``n``, adds the event to the
+channel's stream and publishes it, atomically and in one round trip. Event
+ids are ``<epoch>-<n>`` (``n`` in base 36), unique and increasing across
+channels, so one ``Last-Event-ID`` positions a client on several channels.
+If Redis loses its data (a restart without persistence, a flush), a new
+epoch starts and every id of the old one is unknown: the reset event.
+
+This module holds the script, the key names, the codec of events
+(:func:`encode`, :func:`decode`), the connection settings read from a URL,
+how commands are sent (:func:`pipeline`), and :class:`Store`, which
+publishes and reads the history with them. It has no greenlets and no
+pool: a :class:`~flask_sse_stream.broker.RedisBroker` runs it in its hub,
+a ``Publisher`` from any thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from redis.connection import Connection, parse_url
+from redis.exceptions import NoScriptError, ResponseError
+
+from ..errors import InvalidEventError
+from ..event import Event, JSONDumps
+from ._local import base36
+from .base import BrokerUnavailableError
+
+__all__ = [
+    "Execute",
+    "Keys",
+    "Snapshot",
+    "Store",
+    "connection_factory",
+    "decode",
+    "encode",
+    "new_epoch",
+    "pipeline",
+    "where",
+]
+
+Execute = Callable[[Sequence[tuple[Any, ...]]], list[Any]]
+"""Sends commands on a connection and returns their replies, as :func:`pipeline` does."""
+
+# The publishing script. Keys: the state hash, the meta hash, the channel's
+# stream. Arguments: an epoch to adopt if there is none yet, the history
+# size, the channel name, the pub/sub channel, the encoded event.
+_PUBLISH_SCRIPT: Final = """
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0)
+end
+local n = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+local ns = string.format('%d', n)
+local size = tonumber(ARGV[2])
+local mine = epoch .. ' '
+local meta = redis.call('HGET', KEYS[2], ARGV[3])
+if not meta or string.sub(meta, 1, #mine) ~= mine then
+  -- the channel's first event of this epoch: what its stream holds is older
+  redis.call('DEL', KEYS[3])
+  redis.call('HSET', KEYS[2], ARGV[3], mine .. '0')
+end
+if size > 0 then
+  local before = redis.call('XLEN', KEYS[3])
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', size, ns .. '-0', 'e', ARGV[5])
+  if redis.call('XLEN', KEYS[3]) <= before then
+    -- trimmed: everything before the first entry left is gone
+    local first = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', 1)[1][1]
+    local kept = tonumber(string.match(first, '^(%d+)'))
+    redis.call('HSET', KEYS[2], ARGV[3], mine .. string.format('%d', kept - 1))
+  end
+else
+  redis.call('HSET', KEYS[2], ARGV[3], mine .. ns)
+end
+redis.call('PUBLISH', ARGV[4], mine .. ns .. ' ' .. ARGV[5])
+return {epoch, n}
+"""
+_PUBLISH_SHA: Final = hashlib.sha1(_PUBLISH_SCRIPT.encode()).hexdigest()
+
+
+class Keys:
+    """The names of a broker's keys and pub/sub channels under ``prefix``."""
+
+    __slots__ = ("meta", "prefix", "state", "stream_prefix")
+
+    def __init__(self, prefix: str) -> None:
+        if not isinstance(prefix, str):
+            raise TypeError(f"key_prefix is a str, not {type(prefix).__name__}")
+        self.prefix = prefix
+        self.state = f"{prefix}state"
+        self.meta = f"{prefix}meta"
+        self.stream_prefix = f"{prefix}stream:"
+
+    def stream(self, channel: str) -> str:
+        return self.stream_prefix + channel
+
+    def pubsub(self, channel: str) -> str:
+        return self.prefix + channel
+
+
+# The codec.
+
+
+def _optional(value: str | None) -> bytes:
+    return b"" if value is None else b"+" + value.encode()
+
+
+def encode(event: Event, dumps: JSONDumps) -> bytes:
+    """The bytes Redis keeps and publishes for ``event`` (its id is added by the script).
+
+    Five fields, newline-separated: the kind of data (``s`` text, ``j``
+    JSON, ``n`` none), the event type, an id the publisher gave, the retry
+    time, the data. ``event`` and ``id`` cannot hold a newline (the
+    :class:`Event` checks), so only the data, last, may.
+    """
+    data = event.data
+    if data is None:
+        kind, body = b"n", b""
+    elif isinstance(data, str):
+        kind, body = b"s", data.encode()
+    else:
+        text = dumps(data)
+        if not isinstance(text, str):
+            raise InvalidEventError(f"the JSON encoder returned {type(text).__name__}, not str")
+        kind, body = b"j", text.encode()
+    retry = b"" if event.retry is None else b"%d" % event.retry
+    return b"\n".join((kind, _optional(event.event), _optional(event.id), retry, body))
+
+
+def decode(blob: bytes, event_id: str) -> Event:
+    """The :class:`Event` that :func:`encode` wrote; ``event_id`` unless it had its own.
+
+    :raises ValueError: if ``blob`` was not written by :func:`encode`.
+    """
+    kind, event_type, own_id, retry, body = blob.split(b"\n", 4)
+    data: Any
+    if kind == b"s":
+        data = body.decode()
+    elif kind == b"j":
+        data = json.loads(body)
+    elif kind == b"n":
+        data = None
+    else:
+        raise ValueError(f"unknown kind of data {kind[:8]!r}")
+    return Event(
+        data,
+        event_type[1:].decode() if event_type else None,
+        own_id[1:].decode() if own_id else event_id,
+        int(retry) if retry else None,
+    )
+
+
+def new_epoch() -> str:
+    """A fresh random epoch, to propose in case Redis has none."""
+    return base36(secrets.randbits(40))
+
+
+# Connections.
+
+
+def connection_factory(
+    url: str, *, timeout: float, socket_timeout: float | None, name: str
+) -> tuple[Callable[..., Any], dict[str, Any]]:
+    """The redis-py connection class and keyword arguments for ``url``."""
+    if not isinstance(url, str):
+        raise TypeError(f"url is a str such as 'redis://localhost:6379/0', not {url!r:.80}")
+    try:
+        kwargs = parse_url(url)  # type: ignore[no-untyped-call]
+    except ValueError as exc:
+        raise ValueError(f"not a Redis URL: {exc}") from None
+    connection_class = kwargs.pop("connection_class", Connection)
+    kwargs.update(
+        # RESP2 keeps pub/sub messages plain replies, read by the reader in order.
+        protocol=2,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=timeout,
+        client_name=name,
+        decode_responses=False,
+    )
+    return connection_class, kwargs
+
+
+def where(kwargs: dict[str, Any]) -> str:
+    """Where the connections made with ``kwargs`` go, for messages."""
+    if "path" in kwargs:
+        return f"unix:{kwargs['path']}"
+    return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+
+
+def pipeline(conn: Any, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    """Send ``commands`` on ``conn`` at once and read every reply.
+
+    An error reply is returned in its place, as a ``ResponseError`` (the
+    connection stays in step). Anything else that interrupts us, a network
+    error or a ``GreenletExit``/``Timeout`` thrown into this greenlet,
+    leaves replies unread, so the connection is closed before it goes back
+    to a pool: it is never reused half-read.
+    """
+    try:
+        conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+        replies: list[Any] = []
+        for _ in commands:
+            try:
+                replies.append(conn.read_response())
+            except ResponseError as error:
+                replies.append(error)
+    except BaseException:
+        conn.disconnect()
+        raise
+    return replies
+
+
+# Publishing and reading the history.
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """What one ``MULTI`` read: the position and the requested channels' streams."""
+
+    epoch: str
+    seq: int
+    metas: list[bytes | None]
+    entries: list[list[tuple[int, bytes]]]
+
+    def tail(self, index: int, after: int, history_size: int) -> list[tuple[int, bytes]] | None:
+        """Channel ``index``'s events after ``after``; ``None`` if the history lost some."""
+        mine = self.epoch.encode() + b" "
+        meta = self.metas[index]
+        if meta is None or not meta.startswith(mine):
+            return []  # nothing published on it in this epoch
+        trimmed = int(meta[len(mine) :])
+        entries = self.entries[index]
+        # More than history_size after it: the oldest of them are beyond
+        # the history, even if Redis has not trimmed them yet (MAXLEN ~).
+        if trimmed > after or len(entries) > history_size:
+            return None
+        return entries
+
+
+class Store:
+    """Publishes to the channels under ``keys``, and reads their history, with ``execute``.
+
+    Proposes a new random epoch whenever Redis has none (the first use, or
+    after it lost its data); the first proposal Redis adopts wins.
+    """
+
+    __slots__ = ("_candidate", "_execute", "history_size", "keys")
+
+    def __init__(self, execute: Execute, keys: Keys, history_size: int) -> None:
+        self._execute = execute
+        self.keys = keys
+        self.history_size = history_size
+        self._candidate = new_epoch()
+
+    def publish(self, channel: str, blob: bytes) -> tuple[str, int]:
+        """Store and publish ``blob`` (from :func:`encode`) on ``channel``; return ``(epoch, n)``.
+
+        :raises BrokerUnavailableError: if Redis refuses the script.
+        """
+        keys = self.keys
+        candidate = self._candidate
+        args = (
+            3,
+            keys.state,
+            keys.meta,
+            keys.stream(channel),
+            candidate,
+            self.history_size,
+            channel,
+            keys.pubsub(channel),
+            blob,
+        )
+        (reply,) = self._execute([("EVALSHA", _PUBLISH_SHA, *args)])
+        if isinstance(reply, NoScriptError):
+            # A restarted or flushed Redis: EVAL also caches it again.
+            (reply,) = self._execute([("EVAL", _PUBLISH_SCRIPT, *args)])
+        if isinstance(reply, ResponseError):
+            raise BrokerUnavailableError(f"Redis refused to publish to {channel!r}: {reply}")
+        epoch_bytes, n = reply
+        epoch = epoch_bytes.decode()
+        if epoch == candidate:
+            self._candidate = new_epoch()
+        return epoch, int(n)
+
+    def snapshot(self, channels: Sequence[str], after: int) -> Snapshot:
+        """Read the position and ``channels``' streams after ``after``, atomically.
+
+        :raises BrokerUnavailableError: if Redis refuses to.
+        """
+        keys = self.keys
+        candidate = self._candidate
+        commands: list[tuple[Any, ...]] = [
+            ("MULTI",),
+            ("HSETNX", keys.state, "epoch", candidate),
+            ("HSETNX", keys.state, "seq", 0),
+            ("HMGET", keys.state, "epoch", "seq"),
+        ]
+        if channels:
+            commands.append(("HMGET", keys.meta, *channels))
+            start = f"{after + 1}-0"
+            count = self.history_size + 1
+            commands.extend(
+                ("XRANGE", keys.stream(name), start, "+", "COUNT", count) for name in channels
+            )
+        commands.append(("EXEC",))
+        replies = self._execute(commands)
+        result = replies[-1]
+        problems = [reply for reply in replies if isinstance(reply, ResponseError)]
+        if isinstance(result, list):
+            problems += [reply for reply in result if isinstance(reply, ResponseError)]
+        if problems or not isinstance(result, list):
+            raise BrokerUnavailableError(f"Redis refused to read the history: {problems[:1]}")
+        adopted, _, (epoch, seq), *rest = result
+        if adopted:
+            self._candidate = new_epoch()
+        metas: list[bytes | None] = rest[0] if channels else []
+        entries = [
+            [(int(entry_id.split(b"-", 1)[0]), fields[1]) for entry_id, fields in stream]
+            for stream in rest[1:]
+        ]
+        return Snapshot(epoch.decode(), int(seq), metas, entries)
