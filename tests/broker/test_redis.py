@@ -10,6 +10,7 @@ the same port, ``FLUSHALL``, a port nobody listens on.
 
 from __future__ import annotations
 
+import gc
 import json
 import random
 import re
@@ -478,7 +479,10 @@ def test_a_killed_greenlet_never_leaves_a_half_read_connection_in_the_pool(
             broker._store.snapshot([f"k{n}" for n in range(5)], 0)
 
     killed = 0
-    for number in range(200):
+    number = 0
+    # How many kills land mid-command depends on the machine's speed: go on
+    # until enough have (the bound only stops a machine where none ever do).
+    while number < 200 or (killed < 100 and number < 2000):
         victim = gevent.spawn(work, number, big)
         # Bystanders share the pool and must finish unharmed.
         bystanders = [gevent.spawn(work, number + k, "small") for k in (1, 2)]
@@ -487,13 +491,19 @@ def test_a_killed_greenlet_never_leaves_a_half_read_connection_in_the_pool(
             killed += 1
         victim.kill(block=True, timeout=5)
         gevent.joinall(bystanders, raise_error=True, timeout=10)
+        number += 1
     for number in range(100):
         try:
             with gevent.Timeout(rng.random() * 0.003):
                 work(number, big)
         except gevent.Timeout:
             killed += 1
-    assert killed > 100  # the kills did land in the middle of commands
+    assert killed >= 100  # the kills did land in the middle of commands
+    # A killed greenlet holds its exception, whose traceback holds the socket
+    # of a killed connect(): a cycle. Collect it here, where its
+    # ResourceWarning is expected, not in a later test or at exit.
+    del victim, bystanders
+    gc.collect()
     # No connection left in the pool holds unread bytes, and each answers
     # exactly its own question.
     idle = [conn for conn in broker._pool._idle if conn.is_connected]
