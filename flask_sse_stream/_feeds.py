@@ -17,11 +17,12 @@ write; anything else calls :meth:`Feed.wake` to end that wait.
   Items made without waiting are collected into one chunk; when the
   producer waits, what it made goes beside the server at once. Stopped by
   the transport, which raises in the handler greenlet where it waits.
+
+Both generator feeds run the view's generator through a :class:`Producer`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 import gevent
@@ -52,6 +53,49 @@ class Feed(Protocol):
 
     def close(self) -> None:
         """Handler, at the end: stop, and wait for the producer's cleanup."""
+
+
+class Producer:
+    """The view's generator as a feed runs it: encoded items, then its cleanup, once.
+
+    Deliberately not a generator: a parked greenlet keeps the C stack of
+    every generator it is suspended in, and each layer between the handler
+    and the view's own generator costs every idle stream that much more.
+    Make it, and call it, inside :meth:`EventStream.run`.
+    """
+
+    __slots__ = ("_items", "_stream", "ended")
+
+    def __init__(self, stream: EventStream) -> None:
+        self._stream = stream
+        self._items = stream.begin_producing()
+        self.ended = False
+
+    def next_frame(self) -> bytes | None:
+        """The next item, encoded; ``None`` once the producer is done and cleaned up.
+
+        :raises gevent.GreenletExit: where the producer was stopped (cleaned
+            up too; whoever stopped it has set the reason).
+        """
+        stream = self._stream
+        try:
+            return stream.encode(next(self._items))
+        except StopIteration:
+            stream.core.finished()
+        except gevent.GreenletExit:
+            self.close()
+            raise
+        except Exception:
+            stream.logger.exception("Exception in event stream; ending the stream")
+            stream.core.failed()
+        self.close()
+        return None
+
+    def close(self) -> None:
+        """Close the view's generator now (its ``finally`` runs), then the cleanup."""
+        if not self.ended:
+            self.ended = True
+            self._stream.end_producing(self._items)
 
 
 class SubscriptionFeed:
@@ -130,9 +174,9 @@ class GreenletFeed:
     def _produce(self) -> None:
         stream = self._stream
         core = stream.core
-        frames = stream.producer()
+        producer = Producer(stream)
         try:
-            for frame in frames:
+            while (frame := producer.next_frame()) is not None:
                 while core.full and core.reason is None:
                     room = self._room = Waiter(stream.hub)
                     room.get()  # switched by taken(), once the handler took the frames
@@ -143,14 +187,9 @@ class GreenletFeed:
                     # never see the kill, and a drained stream takes no more.
                     break
         except gevent.GreenletExit:
-            return  # killed: whoever killed it has set the reason
-        except Exception:
-            stream.logger.exception("Exception while closing an event stream")
-            core.failed()
+            return  # killed (while waiting for room, say): closed below
         finally:
-            close = getattr(frames, "close", None)
-            if close is not None:
-                close()  # killed while waiting for room: the cleanup runs here
+            producer.close()  # stopped early: the cleanup runs here
         self.wake()  # after the last frame: the handler ends
 
     def wait(self) -> None:
@@ -193,8 +232,8 @@ class InlineFeed:
     __slots__ = (
         "_done",
         "_flushing",
-        "_frames",
         "_interrupting",
+        "_producer",
         "_stream",
         "_transport",
         "_yield",
@@ -203,7 +242,7 @@ class InlineFeed:
     def __init__(self, stream: EventStream, transport: Transport) -> None:
         self._stream = stream
         self._transport = transport
-        self._frames: Iterator[bytes] | None = None
+        self._producer: Producer | None = None
         self._done = False
         self._flushing = False
         self._interrupting = False
@@ -216,15 +255,15 @@ class InlineFeed:
     def _wait(self) -> None:
         stream = self._stream
         core = stream.core
-        frames = self._frames
-        if frames is None and not self._done:
-            frames = self._frames = stream.producer()
+        producer = self._producer
+        if producer is None and not self._done:
+            producer = self._producer = Producer(stream)
         if self._yield:
             # The last chunk was full: the producer never waits, so let the
             # other greenlets have a turn, as a full buffer would.
             self._yield = False
             gevent.sleep(0)
-        while frames is not None and core.reason is None:
+        while producer is not None and core.reason is None:
             if core.full:
                 self._yield = True
                 return
@@ -234,22 +273,16 @@ class InlineFeed:
                 stream.hub.loop.run_callback(self._flush)
             stream.parked = True
             try:
-                frame = next(frames)
-            except (StopIteration, Interrupted):
-                self._end()  # finished, or stopped with its cleanup run
-                return
-            except Exception:
-                stream.logger.exception("Exception while closing an event stream")
-                core.failed()
-                self._end()
-                return
+                frame = producer.next_frame()
+            except Interrupted:
+                frame = None  # stopped, and cleaned up
             finally:
                 stream.parked = False
+            if frame is None:
+                self._producer = None
+                self._done = True
+                return
             core.item(frame)
-
-    def _end(self) -> None:
-        self._frames = None
-        self._done = True
 
     def _flush(self) -> None:
         self._flushing = False
@@ -263,18 +296,17 @@ class InlineFeed:
         pass
 
     def stop(self) -> None:
-        if self._stream.parked and self._frames is not None and not self._interrupting:
+        if self._stream.parked and self._producer is not None and not self._interrupting:
             self._interrupting = True
             self._stream.hub.loop.run_callback(self._interrupt)
 
     def _interrupt(self) -> None:
         # In the hub; the handler may have come out of the producer since.
-        if self._stream.parked and self._frames is not None:
+        if self._stream.parked and self._producer is not None:
             self._transport.interrupt()
 
     def close(self) -> None:
-        frames, self._frames = self._frames, None
+        producer, self._producer = self._producer, None
         self._done = True
-        close = getattr(frames, "close", None)
-        if close is not None:
-            self._stream.run(close)  # the handler was not in it: the cleanup runs here
+        if producer is not None:
+            self._stream.run(producer.close)  # the handler was not in it: the cleanup runs here

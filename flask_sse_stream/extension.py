@@ -167,11 +167,11 @@ class _ViewContexts:
     in a copy of the view's :mod:`contextvars` context, where ``request``,
     ``session``, ``g`` and ``current_app`` are the view's own (nothing is
     copied but the mapping), and :func:`flask.stream_with_context`
-    (:meth:`wrap`) pushes the contexts again there, so teardown functions
-    run again when the stream ends. Whatever greenlet runs the producer (one
-    of its own, or the server's handler), it runs in that one context: a
-    context variable set by a push is reset by the pop in the context it
-    was set in.
+    (:meth:`wrap`) pushes them again around the view's generator there, so
+    teardown functions run again when it ends, and see what ended it.
+    Whatever greenlet runs the producer (one of its own, or the server's
+    handler), it runs in that one context: a context variable set by a push
+    is reset by the pop in the context it was set in.
     """
 
     __slots__ = ("_context", "_push")
@@ -186,9 +186,9 @@ class _ViewContexts:
         """Call ``func(*args)`` in the view's contexts."""
         return self._context.run(func, *args)
 
-    def wrap(self, frames: Iterator[bytes]) -> Iterator[bytes]:
-        """Push the view's contexts around ``frames``; call inside :meth:`run`."""
-        return stream_with_context(frames) if self._push else frames
+    def wrap(self, items: Iterator[Any]) -> Iterator[Any]:
+        """Push the view's contexts around ``items``; call inside :meth:`run`."""
+        return stream_with_context(items) if self._push else items
 
 
 class SSE:

@@ -13,10 +13,11 @@ stream is ever silent for longer than the interval. ``beat()`` must not
 block or close the stream. The last stream to leave a loop kills it, so an
 idle process has no timer; with the heartbeat disabled none ever starts.
 
-The same kind of loop is the *watchdog* of the write timeout: it looks at
-every stream a third of ``SSE_WRITE_TIMEOUT`` apart and drops a client
-whose write has taken the whole timeout (so within 4/3 of it), without a
-timer per write.
+The same loop is the *watchdog* of the write timeout: a stream whose
+server has been writing one chunk for ``SSE_WRITE_TIMEOUT`` is told so and
+drops its client, without a timer per write. A stream joins the loop of the
+shorter of its two intervals (its heartbeat, its write timeout), so both are
+checked at least three times per interval.
 
 A hub (one per thread) has its own loops: the werkzeug development server
 runs each request in a thread with its own gevent hub.
@@ -26,20 +27,25 @@ from __future__ import annotations
 
 import time
 import weakref
-from collections.abc import Callable
 from typing import Protocol
 
 import gevent
 from gevent.hub import Hub
 
-__all__ = ["Beatable", "Heartbeat", "for_current_hub", "watchdog_for_current_hub"]
+__all__ = ["Beatable", "Heartbeat", "for_current_hub", "interval_for"]
 
 
 class Beatable(Protocol):
-    """What the heartbeat and the watchdog need from a stream."""
+    """What the heartbeat loop needs from a stream."""
 
     last_write: float
+    """When the stream last wrote (``time.monotonic()``)."""
     writing_since: float
+    """When the server began the write it is doing now, or 0."""
+    beat_after: float | None
+    """Seconds of silence after which it gets a heartbeat; ``None``: never."""
+    write_timeout: float | None
+    """Seconds a write may take; ``None``: any."""
 
     def beat(self) -> None:
         """Send a heartbeat now (without blocking)."""
@@ -48,32 +54,22 @@ class Beatable(Protocol):
         """Drop the client: a write took the whole timeout (without blocking)."""
 
 
-Check = Callable[[Beatable, float, float, float], None]
-
-
-def _beat_if_idle(stream: Beatable, tick: float, idle: float, interval: float) -> None:
-    if tick - stream.last_write >= idle:
-        stream.beat()
-
-
-def _drop_if_stuck(stream: Beatable, tick: float, idle: float, interval: float) -> None:
-    since = stream.writing_since
-    if since and tick - since >= interval:
-        stream.write_timed_out()
+def interval_for(heartbeat: float | None, write_timeout: float | None) -> float | None:
+    """The loop a stream joins: the shorter of its intervals, or none at all."""
+    intervals = [x for x in (heartbeat, write_timeout) if x]
+    return min(intervals) if intervals else None
 
 
 class _Loop:
-    __slots__ = ("check", "greenlet", "interval", "streams")
+    __slots__ = ("greenlet", "interval", "streams")
 
-    def __init__(self, interval: float, check: Check) -> None:
+    def __init__(self, interval: float) -> None:
         self.interval = interval
-        self.check = check
         self.streams: set[Beatable] = set()
         self.greenlet: gevent.Greenlet[[], None] | None = None
 
     def run(self) -> None:
         period = self.interval / 3
-        idle = self.interval - period
         tick = time.monotonic()
         while True:
             # A fixed schedule, compared with the scheduled time: sleeping a
@@ -86,23 +82,29 @@ class _Loop:
             if now > tick + period:
                 tick = now  # fell behind (a long-blocked hub): no burst of scans
             gevent.sleep(max(0.0, tick - now))
-            check, interval = self.check, self.interval
             for stream in self.streams:
-                check(stream, tick, idle, interval)
+                since = stream.writing_since
+                if since:
+                    timeout = stream.write_timeout
+                    if timeout is not None and tick - since >= timeout:
+                        stream.write_timed_out()
+                    continue  # a stream being written needs no heartbeat
+                after = stream.beat_after
+                if after is not None and tick - stream.last_write >= after:
+                    stream.beat()
 
 
 class Heartbeat:
-    """The heartbeat (or watchdog) loops of one gevent hub, one per interval in use."""
+    """The heartbeat loops of one gevent hub, one per interval in use."""
 
-    def __init__(self, check: Check = _beat_if_idle) -> None:
-        self._check = check
+    def __init__(self) -> None:
         self._loops: dict[float, _Loop] = {}
 
     def add(self, stream: Beatable, interval: float) -> None:
-        """Beat ``stream`` whenever it has been idle for ``interval`` seconds."""
+        """Look at ``stream`` a third of ``interval`` apart (see :func:`interval_for`)."""
         loop = self._loops.get(interval)
         if loop is None:
-            loop = self._loops[interval] = _Loop(interval, self._check)
+            loop = self._loops[interval] = _Loop(interval)
         loop.streams.add(stream)
         if loop.greenlet is None:
             loop.greenlet = gevent.spawn(loop.run)
@@ -125,23 +127,13 @@ class Heartbeat:
         self._loops.clear()
 
 
-_heartbeats: weakref.WeakKeyDictionary[Hub, Heartbeat] = weakref.WeakKeyDictionary()
-_watchdogs: weakref.WeakKeyDictionary[Hub, Heartbeat] = weakref.WeakKeyDictionary()
+_by_hub: weakref.WeakKeyDictionary[Hub, Heartbeat] = weakref.WeakKeyDictionary()
 
 
 def for_current_hub() -> Heartbeat:
     """Return the heartbeat of the calling thread's gevent hub."""
     hub = gevent.get_hub()
-    heartbeat = _heartbeats.get(hub)
+    heartbeat = _by_hub.get(hub)
     if heartbeat is None:
-        heartbeat = _heartbeats[hub] = Heartbeat(_beat_if_idle)
+        heartbeat = _by_hub[hub] = Heartbeat()
     return heartbeat
-
-
-def watchdog_for_current_hub() -> Heartbeat:
-    """Return the write-timeout watchdog of the calling thread's gevent hub."""
-    hub = gevent.get_hub()
-    watchdog = _watchdogs.get(hub)
-    if watchdog is None:
-        watchdog = _watchdogs[hub] = Heartbeat(_drop_if_stuck)
-    return watchdog

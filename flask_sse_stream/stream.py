@@ -71,8 +71,8 @@ class StreamContext(Protocol):
     def run(self, func: Callable[..., T], *args: Any) -> T:
         """Call ``func(*args)`` in the context."""
 
-    def wrap(self, frames: Iterator[bytes]) -> Iterator[bytes]:
-        """Wrap the producer's iterator once, inside :meth:`run` (to push and pop)."""
+    def wrap(self, items: Iterator[Any]) -> Iterator[Any]:
+        """Wrap the source's iterator once, inside :meth:`run` (to push and pop)."""
 
 
 def open_streams() -> frozenset[EventStream]:
@@ -121,11 +121,11 @@ class EventStream:
 
     __slots__ = (
         "__weakref__",
+        "_clock",
         "_context",
         "_core",
         "_encode",
         "_feed",
-        "_heartbeat",
         "_logger",
         "_on_close",
         "_out",
@@ -139,10 +139,11 @@ class EventStream:
         "_source",
         "_transport",
         "_watch",
-        "_write_timeout",
+        "beat_after",
         "hub",
         "last_write",
         "parked",
+        "write_timeout",
         "writing_since",
     )
 
@@ -178,10 +179,13 @@ class EventStream:
         self._source = source
         self._encode = encode
         self._preamble = preamble
-        self._heartbeat = heartbeat or None
+        self.beat_after = heartbeat * 2 / 3 if heartbeat else None
+        """Seconds of silence before a heartbeat (the heartbeat loop checks a third
+        of the interval apart, so no stream is silent for the whole interval)."""
         self._sock = sock if sock is not None or transport is None else transport.socket
         self._transport = transport
-        self._write_timeout = write_timeout or None
+        self.write_timeout = write_timeout or None
+        self._clock = _heartbeat.interval_for(heartbeat, self.write_timeout)
         self._context = context
         self._on_close = on_close
         self._logger = logger or logging.getLogger("flask_sse_stream")
@@ -263,10 +267,8 @@ class EventStream:
         elif self._transport is None:
             self._feed = GreenletFeed(self)
         # else: chosen on the next turn, once the server has sent the preamble.
-        if self._heartbeat:
-            _heartbeat.for_current_hub().add(self, self._heartbeat)
-        if self._write_timeout:
-            _heartbeat.watchdog_for_current_hub().add(self, self._write_timeout)
+        if self._clock is not None:
+            _heartbeat.for_current_hub().add(self, self._clock)
         self._out = len(self._preamble)
         self.last_write = self.writing_since = time.monotonic()
         return self._core.start(self._preamble)
@@ -314,32 +316,28 @@ class EventStream:
         context = self._context
         return func(*args) if context is None else context.run(func, *args)
 
-    def producer(self) -> Iterator[bytes]:
-        """The source's items encoded, then its cleanup; call inside :meth:`run`."""
-        frames = self._frames()
-        return frames if self._context is None else self._context.wrap(frames)
-
-    def _frames(self) -> Iterator[bytes]:
+    def begin_producing(self) -> Iterator[Any]:
+        """The source's iterator, in the view's contexts; call inside :meth:`run`."""
         self._ran = True
-        core = self._core
+        items = iter(self._source)
+        return items if self._context is None else self._context.wrap(items)
+
+    def end_producing(self, items: Iterator[Any]) -> None:
+        """The producer's cleanup, once: close it (its ``finally`` runs), ``on_close``.
+
+        Call inside :meth:`run`, with what :meth:`begin_producing` returned.
+        """
         try:
             try:
-                encode = self._encode
-                for item in self._source:
-                    yield encode(item)
-            except gevent.GreenletExit:
-                raise  # stopped: whoever stopped it has set the reason
-            except Exception:
-                self._logger.exception("Exception in event stream; ending the stream")
-                core.failed()
-            else:
-                core.finished()
-            finally:
+                close = getattr(items, "close", None)
+                if close is not None:
+                    close()  # a no-op for a generator that has ended
                 self._close_source()
+            finally:
                 self._call_on_close()
         except Exception:
             self._logger.exception("Exception while closing an event stream")
-            core.failed()
+            self._core.failed()
 
     def wake(self) -> None:
         """Make the handler take its next turn (a no-op while it is busy writing)."""
@@ -446,10 +444,8 @@ class EventStream:
             else:
                 core.write_failed()
         _open.discard(self)
-        if self._heartbeat:
-            _heartbeat.for_current_hub().discard(self, self._heartbeat)
-        if self._write_timeout:
-            _heartbeat.watchdog_for_current_hub().discard(self, self._write_timeout)
+        if self._clock is not None:
+            _heartbeat.for_current_hub().discard(self, self._clock)
         if self._watch is not None:
             self._watch.stop()
             self._watch = None
@@ -481,20 +477,10 @@ class EventStream:
                 pass
 
     def _cleanup_unstarted(self) -> None:
-        def cleanup() -> Iterator[bytes]:
-            self._close_source()
-            self._call_on_close()
-            yield from ()
+        def cleanup() -> None:
+            self.end_producing(self.begin_producing())
 
-        def run_cleanup() -> None:
-            context = self._context
-            for _ in cleanup() if context is None else context.wrap(cleanup()):
-                pass
-
-        try:
-            self.run(run_cleanup)
-        except Exception:
-            self._logger.exception("Exception while closing an event stream")
+        self.run(cleanup)
 
     def _call_on_close(self) -> None:
         if self._on_close is not None:
@@ -511,6 +497,5 @@ class EventStream:
             return
         self._own_hub = False
         _heartbeat.for_current_hub().stop()
-        _heartbeat.watchdog_for_current_hub().stop()
         gevent.sleep(0)  # let pending kills (a heartbeat loop's) run first
         hub.destroy(destroy_loop=True)

@@ -12,7 +12,7 @@ import gevent
 import greenlet
 import pytest
 
-from flask_sse_stream.heartbeat import Heartbeat, for_current_hub
+from flask_sse_stream.heartbeat import Heartbeat, for_current_hub, interval_for
 from flask_sse_stream.stream import HEARTBEAT, EventStream
 
 pytestmark = pytest.mark.timeout(10)
@@ -43,15 +43,22 @@ def _no_greenlet_left() -> Iterator[None]:
 
 
 class Stream:
-    """What the heartbeat needs of a stream, recording each beat."""
+    """What the heartbeat loop needs of a stream, recording each beat and drop."""
 
-    def __init__(self) -> None:
+    def __init__(self, interval: float | None = 0.06, write_timeout: float | None = None) -> None:
         self.last_write = time.monotonic()
+        self.writing_since = 0.0
+        self.beat_after = interval * 2 / 3 if interval else None
+        self.write_timeout = write_timeout
         self.beats: list[float] = []
+        self.dropped: list[float] = []
 
     def beat(self) -> None:
         self.beats.append(time.monotonic())
         self.last_write = time.monotonic()
+
+    def write_timed_out(self) -> None:
+        self.dropped.append(time.monotonic())
 
 
 @pytest.fixture
@@ -89,10 +96,10 @@ def test_a_stream_that_writes_is_not_beaten(heartbeat: Heartbeat) -> None:
 
 def test_the_last_stream_to_leave_ends_its_loop(heartbeat: Heartbeat) -> None:
     before = live_greenlets()
-    first, second = Stream(), Stream()
+    first, second = Stream(0.05), Stream(0.05)
     heartbeat.add(first, 0.05)
     heartbeat.add(second, 0.05)
-    heartbeat.add(Stream(), 0.5)  # another interval, another loop
+    heartbeat.add(Stream(0.5), 0.5)  # another interval, another loop
     assert len(live_greenlets() - before) == 2
     heartbeat.discard(first, 0.05)
     gevent.sleep(0.01)
@@ -107,10 +114,51 @@ def test_the_last_stream_to_leave_ends_its_loop(heartbeat: Heartbeat) -> None:
 def test_stop_ends_every_loop(heartbeat: Heartbeat) -> None:
     before = live_greenlets()
     for interval in (0.1, 0.2, 0.3):
-        heartbeat.add(Stream(), interval)
+        heartbeat.add(Stream(interval), interval)
     assert len(live_greenlets() - before) == 3
     heartbeat.stop()
     assert not live_greenlets() - before
+
+
+def test_a_write_that_outlasts_its_timeout_is_reported_once_the_timeout_has_passed(
+    heartbeat: Heartbeat,
+) -> None:
+    stream = Stream(interval=None, write_timeout=0.09)
+    heartbeat.add(stream, 0.09)
+    started = stream.writing_since = time.monotonic()
+    with gevent.Timeout(1):
+        while not stream.dropped:
+            gevent.sleep(0.005)
+    heartbeat.discard(stream, 0.09)
+    # Not before the timeout; within a third of it after (plus slack).
+    assert 0.09 <= stream.dropped[0] - started <= 0.09 * 4 / 3 + 0.03
+    assert stream.beats == []  # no heartbeat without an interval
+
+
+def test_a_stream_being_written_gets_no_heartbeat_and_a_finished_write_no_drop(
+    heartbeat: Heartbeat,
+) -> None:
+    stream = Stream(interval=0.03, write_timeout=10)
+    heartbeat.add(stream, 0.03)
+    stream.writing_since = time.monotonic()  # a long write, within its timeout
+    gevent.sleep(0.1)
+    assert stream.beats == []
+    stream.writing_since = 0.0  # done: now it is idle
+    with gevent.Timeout(1):
+        while not stream.beats:
+            gevent.sleep(0.005)
+    heartbeat.discard(stream, 0.03)
+    assert stream.dropped == []
+
+
+@pytest.mark.parametrize(
+    ("heartbeat_s", "timeout", "interval"),
+    [(15, 30, 15), (15, 1, 1), (None, 30, 30), (15, None, 15), (None, None, None), (0, 0, None)],
+)
+def test_a_stream_joins_the_loop_of_its_shorter_interval(
+    heartbeat_s: float | None, timeout: float | None, interval: float | None
+) -> None:
+    assert interval_for(heartbeat_s, timeout) == interval
 
 
 def test_each_hub_has_its_own_heartbeat() -> None:
