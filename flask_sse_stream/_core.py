@@ -265,11 +265,15 @@ class StreamCore:
         self._move(Input.START)
         return preamble
 
-    def item(self, frame: bytes) -> None:
-        """The producer made ``frame`` (whole events, encoded)."""
-        self._move(Input.ITEM)
-        if self.state is not State.CLOSED:
-            self._frames.append(frame)
+    def item(self, frame: bytes) -> bool:
+        """The producer made ``frame`` (whole events, encoded); ``True`` if now :attr:`full`."""
+        frames = self._frames
+        if self.state is not State.PENDING:  # PENDING stays PENDING: the hot path
+            self._move(Input.ITEM)
+            if self.state is State.CLOSED:
+                return False
+        frames.append(frame)
+        return len(frames) >= self.max_frames
 
     def heartbeat_due(self) -> bool:
         """The stream was silent for its interval; ``True`` if a heartbeat is owed now."""

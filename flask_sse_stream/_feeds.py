@@ -64,10 +64,11 @@ class Producer:
     Make it, and call it, inside :meth:`EventStream.run`.
     """
 
-    __slots__ = ("_items", "_stream", "ended")
+    __slots__ = ("_encode", "_items", "_stream", "ended")
 
     def __init__(self, stream: EventStream) -> None:
         self._stream = stream
+        self._encode = stream.encode
         self._items = stream.begin_producing()
         self.ended = False
 
@@ -79,7 +80,7 @@ class Producer:
         """
         stream = self._stream
         try:
-            return stream.encode(next(self._items))
+            return self._encode(next(self._items))
         except StopIteration:
             stream.core.finished()
         except gevent.GreenletExit:
@@ -263,17 +264,17 @@ class InlineFeed:
             # other greenlets have a turn, as a full buffer would.
             self._yield = False
             gevent.sleep(0)
-        while producer is not None and core.reason is None:
-            if core.full:
-                self._yield = True
-                return
+        if producer is None or core.reason is not None or core.full:
+            return
+        next_frame, item = producer.next_frame, core.item
+        while True:
             if core.state is State.PENDING and not self._flushing:
                 # Runs only if the producer waits: then what it made goes out.
                 self._flushing = True
                 stream.hub.loop.run_callback(self._flush)
             stream.parked = True
             try:
-                frame = producer.next_frame()
+                frame = next_frame()
             except Interrupted:
                 frame = None  # stopped, and cleaned up
             finally:
@@ -282,7 +283,11 @@ class InlineFeed:
                 self._producer = None
                 self._done = True
                 return
-            core.item(frame)
+            if item(frame):
+                self._yield = True  # full: the handler writes it
+                return
+            if core.reason is not None:
+                return
 
     def _flush(self) -> None:
         self._flushing = False
