@@ -170,9 +170,11 @@ class EventStream:
         # hub, with its own event loop and file descriptors, per stream. The
         # thread ends with the request, so the stream's last close destroys
         # the hub, or each would leak.
+        # (The parent first: in a patched process current_thread() makes
+        # and keeps a dummy thread object per greenlet.)
         self._own_hub = (
-            threading.current_thread() is not threading.main_thread()
-            and gevent.getcurrent().parent is None
+            gevent.getcurrent().parent is None
+            and threading.current_thread() is not threading.main_thread()
         )
         self.hub = gevent.get_hub()
         self._core = StreamCore(buffer_size)
