@@ -50,6 +50,9 @@ from .base import BrokerClosedError, BrokerUnavailableError
 __all__ = ["Gap", "Link"]
 
 # The name users know the Redis broker's messages by, wherever the code is.
+# Log calls pass str(exc), not exc: a handler that keeps its records (pytest's
+# does) would keep the exception's traceback and, through its frames, the
+# link, its broker and a socket a kill left half made.
 log = logging.getLogger("flask_sse_stream.broker.redis")
 
 
@@ -237,7 +240,7 @@ class Link:
                     log.warning(
                         "Lost the pub/sub connection to Redis at %s (%s); reconnecting in %.2f s",
                         self._where,
-                        exc,
+                        str(exc),
                         delay,
                     )
                 else:
@@ -293,7 +296,9 @@ class Link:
         try:
             event = decode(blob, f"{self.epoch}-{base36(n)}")
         except (ValueError, InvalidEventError) as exc:
-            log.warning("Ignored a pub/sub message on %r that did not decode: %s", channel, exc)
+            log.warning(
+                "Ignored a pub/sub message on %r that did not decode: %s", channel, str(exc)
+            )
             return
         self._on_event(channel, self.generation, n, event)
 
@@ -388,7 +393,7 @@ class Link:
             try:
                 self._sync(conn)
             except (RedisError, OSError) as exc:
-                log.debug("Writing to the Redis pub/sub connection failed: %s", exc)
+                log.debug("Writing to the Redis pub/sub connection failed: %s", str(exc))
                 conn.disconnect()  # the reader sees it and reconnects
 
     def _sync(self, conn: Any) -> None:

@@ -370,7 +370,10 @@ class RedisBroker(LocalFanOut):
             try:
                 events.append(decode(blob, f"{epoch}-{base36(n)}"))
             except (ValueError, InvalidEventError) as exc:
-                log.warning("Skipped a stream entry that flask-sse-stream did not write: %s", exc)
+                # str(exc): a kept log record must not keep the traceback (see _redis_link).
+                log.warning(
+                    "Skipped a stream entry that flask-sse-stream did not write: %s", str(exc)
+                )
         return events
 
     # What the link brings, in the home hub.

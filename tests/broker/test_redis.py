@@ -522,6 +522,9 @@ def test_a_killed_greenlet_never_leaves_a_half_read_connection_in_the_pool(
     assert sequence(second) == sequence(first) + 1
 
 
+# Its reader reconnects all the time; closing the broker may kill it inside
+# redis-py's connect(), which leaves the new socket to the garbage collector.
+@pytest.mark.filterwarnings("ignore:unclosed:ResourceWarning")
 def test_publish_and_subscribe_to_a_dead_redis_raise_a_clear_error() -> None:
     url = f"redis://127.0.0.1:{free_port()}/0"
     broker = RedisBroker(url, timeout=0.5, max_backoff=0.1)
@@ -536,6 +539,12 @@ def test_publish_and_subscribe_to_a_dead_redis_raise_a_clear_error() -> None:
     with Publisher(url, timeout=0.5) as publisher, pytest.raises(BrokerUnavailableError):
         publisher.publish("lost?", channel="c")
     broker.close()
+    # The killed reader's exception holds that socket in a cycle, and the hub
+    # holds the reader until it has run the callbacks the kill left: let it
+    # run them, then collect here, where the ResourceWarning is expected.
+    del broker
+    gevent.idle()
+    gc.collect()
 
 
 def test_redis_refusing_a_command_is_a_clear_error(
