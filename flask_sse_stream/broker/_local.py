@@ -1,4 +1,4 @@
-"""What every broker does inside one process: ids, subscriber queues, wake-ups.
+"""What every broker does inside one process: ids, subscriber queues, fan-out.
 
 A broker gets events from somewhere (its own ``publish`` for
 :class:`~flask_sse_stream.broker.MemoryBroker`, a Redis pub/sub connection for
@@ -10,9 +10,8 @@ lives here:
   fan-out loop, dropping slow subscribers, ending and releasing
   subscriptions (also those garbage-collected without ``close()``);
 * :class:`LocalSubscription`, what a subscriber iterates;
-* the wake-up machinery (one hub callback, or one thread-safe async send,
-  per publish and hub, whatever the number of subscribers it wakes);
-* the id format ``<epoch>-<n>``, ``n`` in base 36.
+* the id format ``<epoch>-<n>``, ``n`` in base 36, and the checks of the
+  brokers' arguments.
 
 How it is built, and why:
 
@@ -24,22 +23,8 @@ How it is built, and why:
   subscriber's :class:`~collections.deque` and wakes only subscribers that
   wait: nothing is allocated per subscriber per event. A full queue drops
   that subscriber; the publisher never waits.
-* A waiting subscriber registers a gevent ``Waiter`` (one per wait, not per
-  event). A fan-out queues the waiters it wakes on their hub's waker and
-  kicks each waker once: from the same OS thread (hence the same hub) with
-  one ``loop.run_callback``; from another thread, which must not touch that
-  hub's gevent objects, with the waker's ``async_`` watcher's ``send()``,
-  the one thread-safe way into a libev/libuv loop. Either way one callback
-  in the subscriber's own hub switches to every queued waiter. The werkzeug
-  development server runs each request in its own thread with its own hub,
-  so the cross-thread path is the normal case there, not a corner.
-* A subscriber may have a *sink* (:meth:`LocalSubscription.set_sink`): that
-  callback runs in the hub instead of the switch and, if it takes the
-  queued events itself, the waiter sleeps on. An interrupt or the end of
-  the subscription switches without asking it. An event stream's sink writes
-  them straight to the client socket without a greenlet switch (see
-  :mod:`flask_sse_stream.direct`), which lets one publish reach a thousand
-  subscribers in one tight pass.
+* A fan-out queues the waiters it wakes on their hub's waker and kicks
+  each waker once (see :mod:`~flask_sse_stream.broker._wakeup`).
 * ``deque.append`` and ``deque.popleft`` are atomic under the GIL, which is
   what lets a publisher thread append to a queue that a greenlet of another
   thread pops from. The only compound step, "check the length, then
@@ -55,33 +40,21 @@ from operator import itemgetter
 from types import TracebackType
 from typing import Any, Final, Self
 
-import gevent
-from gevent import monkey
-from gevent.hub import Hub, Waiter
+from gevent.hub import Waiter
 
 from ..event import Event
+from ._wakeup import HubWaker, Subscriber, allocate_lock, current_waker, get_ident, wake
 
 __all__ = [
-    "HubWaker",
     "LocalFanOut",
     "LocalSubscription",
-    "Subscriber",
-    "allocate_lock",
     "base36",
     "check_publish",
     "check_sizes",
     "check_subscribe",
-    "current_waker",
-    "get_ident",
     "parse_id",
     "seq_of",
-    "wake",
 ]
-
-# The process may be monkey-patched; these must be the OS thread primitives.
-allocate_lock = monkey.get_original("_thread", "allocate_lock")
-get_ident = monkey.get_original("_thread", "get_ident")
-_ThreadLocal = monkey.get_original("_thread", "_local")
 
 _DIGITS: Final = "0123456789abcdefghijklmnopqrstuvwxyz"
 _PART = r"(0|[1-9a-z][0-9a-z]{0,15})"
@@ -142,136 +115,6 @@ def check_sizes(history_size: int, queue_size: int) -> None:
         raise ValueError(f"history_size must be a whole number >= 0, got {history_size!r}")
     if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
         raise ValueError(f"queue_size must be a whole number >= 1, got {queue_size!r}")
-
-
-# Waking greenlets that wait on a subscription, per hub.
-
-
-def _switch_all(waker: HubWaker) -> None:
-    # Runs in the hub greenlet: Waiter.switch must be called from there.
-    pending = waker.pending
-    while pending:
-        try:
-            waiter, sub = pending.popleft()
-        except IndexError:
-            return
-        sink = sub.sink
-        if sink is not None and not (sub.ended or sub.interrupted) and sink():
-            # The sink took the events; the owner waits on. Announce, then
-            # look: a publisher in another thread may have queued more since.
-            sub.waiting.append((waker, waiter))
-            if not (sub.queue or sub.ended or sub.interrupted):
-                continue
-            try:
-                sub.waiting.pop()
-            except IndexError:
-                continue  # that publisher found the waiter and queued it again
-        waiter.switch(None)
-
-
-class HubWaker:
-    """Wakes the waiting greenlets of one hub, from its own thread or others.
-
-    A fan-out queues the waiters it wakes here and kicks the waker once,
-    whatever their number: one hub callback then switches to each in turn
-    (a callback per waiter costs more than the switch itself).
-
-    The async watcher runs only while a greenlet of the hub waits: an
-    active watcher keeps the hub's loop alive (so a thread whose only
-    business is waiting for a publisher in another thread does not get
-    ``LoopExit``), and a stopped one leaves no reference from the loop to us.
-    """
-
-    __slots__ = ("_scheduled", "_waiting", "_watcher", "hub", "loop", "pending", "thread_id")
-
-    def __init__(self, hub: Hub) -> None:
-        self.hub = hub
-        self.loop = hub.loop
-        self.thread_id: int = get_ident()
-        # Appended to from any thread (atomic under the GIL), drained in the hub.
-        self.pending: deque[tuple[Waiter[Any], Subscriber]] = deque()
-        self._watcher = hub.loop.async_()
-        self._waiting = 0
-        self._scheduled = False
-
-    def enter(self) -> None:
-        if not self._waiting:
-            self._watcher.start(_switch_all, self)
-        self._waiting += 1
-
-    def leave(self) -> None:
-        self._waiting -= 1
-        if not self._waiting:
-            self._watcher.stop()
-
-    def add(self, waiter: Waiter[Any], sub: Subscriber) -> None:
-        """Queue ``sub``'s ``waiter`` to be switched to at the next :meth:`kick`."""
-        self.pending.append((waiter, sub))
-
-    def kick(self, thread_id: int) -> None:
-        """Switch to the queued waiters soon; ``thread_id`` is the caller's thread."""
-        if thread_id != self.thread_id:
-            try:
-                self._watcher.send()  # the only thread-safe way into another hub
-            except ValueError:
-                pass  # that hub was destroyed, and whoever waited in it went with it
-        elif not self._scheduled:
-            self._scheduled = True
-            self.loop.run_callback(self._run)
-
-    def _run(self) -> None:
-        self._scheduled = False
-        _switch_all(self)
-
-
-_wakers = _ThreadLocal()
-
-
-def current_waker() -> HubWaker:
-    """The waker of the current thread's hub, made on first use."""
-    hub = gevent.get_hub()
-    waker: HubWaker | None = getattr(_wakers, "waker", None)
-    if waker is None or waker.hub is not hub:
-        waker = _wakers.waker = HubWaker(hub)
-    return waker
-
-
-class Subscriber:
-    """What the broker holds of one subscription; the fan-out loop's unit."""
-
-    __slots__ = (
-        "__weakref__",
-        "channels",
-        "dropped",
-        "ended",
-        "interrupted",
-        "queue",
-        "sink",
-        "waiting",
-    )
-
-    def __init__(self, channels: tuple[str, ...]) -> None:
-        self.channels = channels
-        self.queue: deque[Event] = deque()
-        # At most one (waker, waiter): the owner appends it before it sleeps,
-        # whoever wakes it pops it, so a wake-up is never lost or doubled.
-        self.waiting: list[tuple[HubWaker, Waiter[Any]]] = []
-        self.ended = False
-        self.dropped = False
-        self.sink: Callable[[], bool] | None = None
-        # Set by interrupt() for the wait in progress: a flag, not a kind of
-        # wake-up, since a publisher may already have queued the waiter.
-        self.interrupted = False
-
-
-def wake(sub: Subscriber, thread_id: int) -> None:
-    """Wake ``sub``'s waiting greenlet, if any; ``thread_id`` is the caller's thread."""
-    try:
-        waker, waiter = sub.waiting.pop()
-    except IndexError:
-        return  # it woke up by itself meanwhile
-    waker.add(waiter, sub)
-    waker.kick(thread_id)
 
 
 class LocalFanOut:

@@ -21,8 +21,8 @@ import gevent
 import gevent.lock
 from redis.exceptions import RedisError
 
-from ._local import allocate_lock, get_ident
 from ._redis_wire import pipeline
+from ._wakeup import allocate_lock, get_ident
 from .base import BrokerUnavailableError
 
 __all__ = ["Home", "Pool"]

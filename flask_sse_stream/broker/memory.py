@@ -7,8 +7,8 @@ the subscriber runs in, and accepts events from any greenlet or thread.
 How it is built, and why:
 
 * The subscriber queues, the fan-out and the wake-ups across hubs are the
-  ones every broker shares (:mod:`flask_sse_stream.broker._local`, whose
-  docstring says how they work).
+  ones every broker shares (:mod:`flask_sse_stream.broker._local` and
+  :mod:`flask_sse_stream.broker._wakeup`, whose docstrings say how they work).
 * One real (never monkey-patched) lock guards the broker's state. A publish
   appends to the channel's history and to every subscriber's queue inside
   it, and a subscribe computes its replay and registers the subscriber
@@ -32,15 +32,14 @@ from ..event import Event
 from ._local import (
     LocalFanOut,
     LocalSubscription,
-    Subscriber,
     base36,
     check_publish,
     check_sizes,
     check_subscribe,
-    get_ident,
     parse_id,
     seq_of,
 )
+from ._wakeup import Subscriber, get_ident
 from .base import RESET_EVENT, Broker, BrokerClosedError, BrokerStats, Subscription
 
 __all__ = ["MemoryBroker", "MemorySubscription"]

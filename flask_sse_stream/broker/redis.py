@@ -60,19 +60,17 @@ from ..event import Event, JSONDumps
 from ._local import (
     LocalFanOut,
     LocalSubscription,
-    Subscriber,
     base36,
     check_publish,
     check_sizes,
     check_subscribe,
-    get_ident,
     parse_id,
     seq_of,
-    wake,
 )
 from ._redis_home import Home, Pool
 from ._redis_link import Gap, Link
 from ._redis_wire import Keys, Snapshot, Store, connection_factory, decode, encode, where
+from ._wakeup import Subscriber, get_ident, wake
 from .base import (
     RESET_EVENT,
     Broker,

@@ -23,7 +23,7 @@ from gevent._hub_local import get_hub_if_exists
 
 from flask_sse_stream import Event
 from flask_sse_stream.broker import RESET_EVENT, MemoryBroker, MemorySubscription
-from flask_sse_stream.broker._local import current_waker
+from flask_sse_stream.broker._wakeup import current_waker
 
 from .conftest import claims_everything, take, wait_until
 
