@@ -7,7 +7,6 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from types import TracebackType
 from typing import Any
 
 import gevent
@@ -99,12 +98,10 @@ class TransportHandler(WSGIHandler):
 class SSEHandler(TransportHandler):
     """The handler of our runner: a :class:`TransportHandler` that drains.
 
-    A client dropped because a write timed out is logged in one line, not
-    with a traceback: it is the client's doing.
-
     Under :func:`serve`, once the server drains, each connection closes
-    after its response and an idle keep-alive connection is closed at once,
-    so clients reconnect to the next server instead of this one.
+    after its response (its next request line reads as the end) and an idle
+    keep-alive connection is closed at once, so clients reconnect to the
+    next server instead of this one.
     """
 
     def read_requestline(self) -> str:
@@ -118,25 +115,6 @@ class SSEHandler(TransportHandler):
             return super().read_requestline()
         finally:
             server.idle.discard(self)
-
-    def handle_one_response(self) -> None:
-        super().handle_one_response()
-        server = self.server
-        if isinstance(server, _DrainingServer) and server.draining:
-            self.close_connection = True
-
-    def handle_error(
-        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if isinstance(v, TimeoutError) and self.response_length:
-            address: Any = self.client_address  # (host, port) for TCP
-            peer = ":".join(map(str, address[:2])) if isinstance(address, tuple) else address
-            self.server.error_log.write(
-                f"flask-sse-stream: dropped {peer}: a write took longer than its timeout\n"
-            )
-            self.close_connection = True
-            return
-        super().handle_error(t, v, tb)
 
 
 class _DrainingServer(WSGIServer):
