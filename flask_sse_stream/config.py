@@ -10,8 +10,9 @@ Key                        Default  Meaning
                                     reconnects, sent when a stream opens.
                                     ``None`` sends a comment instead.
 ``SSE_WRITE_TIMEOUT``      ``30``   Seconds one write to a client may block
-                                    before the client is dropped. ``0`` or
-                                    ``None``: never.
+                                    before the client is dropped (seen by
+                                    the heartbeat loop, so within 4/3 of
+                                    it). ``0`` or ``None``: never.
 ``SSE_BUFFER_SIZE``        ``64``   Encoded events that may wait for a slow
                                     client before the producer is paused.
 ``SSE_HISTORY_SIZE``       ``1000`` Events kept per channel to replay to a client
