@@ -86,9 +86,8 @@ class Producer:
         except gevent.GreenletExit:
             self.close()
             raise
-        except Exception:
-            stream.logger.exception("Exception in event stream; ending the stream")
-            stream.core.failed()
+        except Exception as error:
+            stream.producer_failed(error)
         self.close()
         return None
 
@@ -122,9 +121,8 @@ class SubscriptionFeed:
             try:
                 encode = stream.encode
                 core.item(b"".join([encode(event) for event in events]))
-            except Exception:
-                stream.logger.exception("Exception in event stream; ending the stream")
-                core.failed()
+            except Exception as error:
+                stream.producer_failed(error)
             return True
         if sub.closed:
             core.finished()  # dropped as too slow, or its broker closed
@@ -170,7 +168,9 @@ class GreenletFeed:
         self._stream = stream
         self._waiter: Waiter[Any] | None = None
         self._room: Waiter[Any] | None = None
-        self._greenlet: gevent.Greenlet[..., None] | None = gevent.spawn(stream.run, self._produce)
+        self._greenlet: gevent.Greenlet[..., None] | None = gevent.spawn(
+            stream.runner(), self._produce
+        )
 
     def _produce(self) -> None:
         stream = self._stream

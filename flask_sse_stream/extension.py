@@ -159,36 +159,109 @@ def make_broker(config: Config) -> Broker:
     )
 
 
+def _hold() -> Iterator[str]:
+    """Push the current request's contexts again, and keep them pushed until closed.
+
+    :func:`flask.stream_with_context` pushes them when the iterator it
+    returns first goes on from where the view left it (Flask 3.1), or when
+    it is made (3.2); either way they are pushed once the one item of the
+    wrapped iterator is out, and popped, with teardown, when it ends.
+    """
+    held = stream_with_context(iter(("",)))
+    next(held)
+    return held
+
+
 class _ViewContexts:
     """Runs a stream's producer in the view's Flask contexts, with public API only.
 
     Made in the view. Flask pops the view's contexts as soon as the view
-    returns, before the body is iterated; the producer then runs (:meth:`run`)
-    in a copy of the view's :mod:`contextvars` context, where ``request``,
-    ``session``, ``g`` and ``current_app`` are the view's own (nothing is
-    copied but the mapping), and :func:`flask.stream_with_context`
-    (:meth:`wrap`) pushes them again around the view's generator there, so
-    teardown functions run again when it ends, and see what ended it.
-    Whatever greenlet runs the producer (one of its own, or the server's
-    handler), it runs in that one context: a context variable set by a push
-    is reset by the pop in the context it was set in.
+    returns, before the body is iterated; :func:`flask.stream_with_context`
+    pushes them again and holds them pushed (:func:`_hold`) until the stream
+    ends (:meth:`end`), when teardown functions run again and see what ended
+    it.
+
+    Where the server iterates the body in the greenlet that ran the view,
+    one request at a time, and always closes it (our own handlers: ``here``),
+    the push happens in the view, in that greenlet's own context, and the
+    producer runs there as it is: no context switch per item, and nothing
+    more on the stack of a parked stream. Anywhere else (any WSGI server,
+    the test client) the body may be iterated in another context, or
+    several bodies interleaved in one, so the push happens later, in a copy
+    of the view's :mod:`contextvars` context, which the producer then runs in.
+    With only an application context (no request), the producer sees it,
+    and its ``g``, in that copy, without a push.
     """
 
-    __slots__ = ("_context", "_push")
+    __slots__ = ("_copy", "_held", "_push")
 
-    def __init__(self) -> None:
-        self._context = contextvars.copy_context()
-        # With only an application context (no request), the producer sees
-        # it, and its ``g``, without pushing it again.
+    def __init__(self, *, here: bool = False) -> None:
+        self._held: Iterator[Any] | None = None
+        self._copy: contextvars.Context | None = None
         self._push = has_request_context()
+        if here and self._push:
+            self._held = _hold()
+            self._push = False
+        else:
+            self._copy = contextvars.copy_context()
 
-    def run(self, func: Callable[..., T], *args: Any) -> T:
-        """Call ``func(*args)`` in the view's contexts."""
-        return self._context.run(func, *args)
+    def run(self, func: Callable[[], T]) -> T:
+        """Call ``func()`` in the view's contexts.
 
-    def wrap(self, items: Iterator[Any]) -> Iterator[Any]:
-        """Push the view's contexts around ``items``; call inside :meth:`run`."""
-        return stream_with_context(items) if self._push else items
+        Call it in the greenlet that serves the request, or in the one
+        greenlet that :meth:`runner` was made for.
+        """
+        copy = self._copy
+        if copy is None:
+            # A plain call, not func(*args): CPython 3.11 runs it in the
+            # same C frame, so a parked stream saves less C stack.
+            return func()
+        return copy.run(self._pushed, func)
+
+    def _pushed(self, func: Callable[[], T]) -> T:
+        if self._push:
+            # After the view's own pop: in a copy, a push made before it
+            # would be reset by Flask in the wrong context.
+            self._push = False
+            self._held = _hold()
+        return func()
+
+    def runner(self) -> Callable[[Callable[[], T]], T]:
+        """A :meth:`run` for another greenlet; call it in the serving greenlet."""
+        if self._copy is None:
+            # What the serving greenlet sees now, the view's contexts held
+            # pushed included; only it pops them (end()).
+            return contextvars.copy_context().run
+        return self.run
+
+    def end(self, error: BaseException | None) -> None:
+        """Pop the view's contexts again: teardown runs and sees ``error``.
+
+        ``None`` for a producer that finished, ``GeneratorExit`` for a
+        stream stopped before its end (as :func:`flask.stream_with_context`
+        tells teardown), or the producer's exception. Call it once, in the
+        serving greenlet, after the producer's cleanup.
+        """
+        held, self._held = self._held, None
+        if held is None:
+            return
+        if self._copy is not None:
+            self._copy.run(self._end, held, error)
+        else:
+            self._end(held, error)
+
+    @staticmethod
+    def _end(held: Iterator[Any], error: BaseException | None) -> None:
+        if error is None:
+            next(held, None)  # runs to its end: the push's ``with`` exits cleanly
+        elif isinstance(error, GeneratorExit):
+            held.close()  # type: ignore[attr-defined]
+        else:
+            try:
+                held.throw(error)  # type: ignore[attr-defined]
+            except BaseException as raised:
+                if raised is not error:
+                    raise
 
 
 class SSE:
@@ -435,7 +508,7 @@ class SSE:
             transport=environ.get(TRANSPORT_KEY),
             write_timeout=cfg.write_timeout,
             buffer_size=cfg.buffer_size,
-            context=_ViewContexts(),
+            context=_ViewContexts(here=environ.get(TRANSPORT_KEY) is not None),
             on_close=on_close,
             logger=app.logger,
         )

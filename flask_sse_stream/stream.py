@@ -68,11 +68,18 @@ T = TypeVar("T")
 class StreamContext(Protocol):
     """Where a stream's producer runs: the view's contexts (see ``extension.py``)."""
 
-    def run(self, func: Callable[..., T], *args: Any) -> T:
-        """Call ``func(*args)`` in the context."""
+    def run(self, func: Callable[[], T]) -> T:
+        """Call ``func()`` in the context, from the greenlet that serves the request."""
 
-    def wrap(self, items: Iterator[Any]) -> Iterator[Any]:
-        """Wrap the source's iterator once, inside :meth:`run` (to push and pop)."""
+    def runner(self) -> Callable[[Callable[[], T]], T]:
+        """A ``run`` for one other greenlet; made in the greenlet that serves the request."""
+
+    def end(self, error: BaseException | None) -> None:
+        """Leave the context for good (``error``: what ended the producer, if not its end)."""
+
+
+def _call(func: Callable[[], T]) -> T:
+    return func()
 
 
 def open_streams() -> frozenset[EventStream]:
@@ -125,6 +132,7 @@ class EventStream:
         "_context",
         "_core",
         "_encode",
+        "_error",
         "_feed",
         "_logger",
         "_on_close",
@@ -192,6 +200,7 @@ class EventStream:
         self._on_close = on_close
         self._logger = logger or logging.getLogger("flask_sse_stream")
         self._feed: Feed | None = None
+        self._error: Exception | None = None
         self._rest_writer: gevent.Greenlet[[], None] | None = None
         self._watch: SocketWatch | None = None
         self._out = 0
@@ -313,16 +322,26 @@ class EventStream:
 
     # Called from elsewhere: the hub, the heartbeat loop, a drain, a feed.
 
-    def run(self, func: Callable[..., T], *args: Any) -> T:
-        """Call ``func(*args)`` where the producer runs (the view's contexts)."""
+    def run(self, func: Callable[[], T]) -> T:
+        """Call ``func()`` where the producer runs (the view's contexts)."""
         context = self._context
-        return func(*args) if context is None else context.run(func, *args)
+        return func() if context is None else context.run(func)
+
+    def runner(self) -> Callable[[Callable[[], T]], T]:
+        """Like :meth:`run`, for a greenlet of ours; call in the handler greenlet."""
+        context = self._context
+        return _call if context is None else context.runner()
 
     def begin_producing(self) -> Iterator[Any]:
-        """The source's iterator, in the view's contexts; call inside :meth:`run`."""
+        """The source's iterator; call inside :meth:`run`."""
         self._ran = True
-        items = iter(self._source)
-        return items if self._context is None else self._context.wrap(items)
+        return iter(self._source)
+
+    def producer_failed(self, error: Exception) -> None:
+        """The producer (or the encoding of what it made) raised ``error``: end the stream."""
+        self._logger.exception("Exception in event stream; ending the stream", exc_info=error)
+        self._error = error
+        self._core.failed()
 
     def end_producing(self, items: Iterator[Any]) -> None:
         """The producer's cleanup, once: close it (its ``finally`` runs), ``on_close``.
@@ -433,6 +452,7 @@ class EventStream:
             try:
                 self._close_source()  # never started, e.g. a HEAD request
             finally:
+                self._leave_context()
                 self._release_hub()
             return
         if self._released:
@@ -469,6 +489,7 @@ class EventStream:
                 # it started): its cleanup is still owed.
                 self._cleanup_unstarted()
         finally:
+            self._leave_context()
             self._release_hub()
 
     def _shutdown(self, how: int) -> None:
@@ -483,6 +504,19 @@ class EventStream:
             self.end_producing(self.begin_producing())
 
         self.run(cleanup)
+
+    def _leave_context(self) -> None:
+        context = self._context
+        if context is None:
+            return
+        reason = self._core.reason
+        error: BaseException | None = None
+        if reason is not CloseReason.FINISHED:
+            error = self._error or GeneratorExit()
+        try:
+            context.end(error)
+        except Exception:
+            self._logger.exception("Exception in a teardown function of an event stream")
 
     def _call_on_close(self) -> None:
         if self._on_close is not None:

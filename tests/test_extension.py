@@ -427,18 +427,25 @@ def teardowns(app: Flask) -> list[tuple[str, BaseException | None]]:
     return log
 
 
-def view_contexts(app: Flask, *, path: str = "/s?q=1") -> tuple[_ViewContexts, Any, Any]:
+def view_contexts(
+    app: Flask, *, path: str = "/s?q=1", here: bool = False
+) -> tuple[_ViewContexts, Any, Any]:
     """The contexts of a view that set ``g.user``, and its request and ``g``."""
     with app.test_request_context(path):
         g.user = "ada"
         session["seen"] = True
-        return _ViewContexts(), request._get_current_object(), g._get_current_object()  # type: ignore[attr-defined]
+        return (
+            _ViewContexts(here=here),
+            request._get_current_object(),  # type: ignore[attr-defined]
+            g._get_current_object(),  # type: ignore[attr-defined]
+        )
 
 
+@pytest.mark.parametrize("here", [False, True], ids=["copy", "here"])
 def test_the_producer_sees_the_views_request_g_and_session_and_teardown_runs_again(
-    app: Flask, teardowns: list[tuple[str, BaseException | None]]
+    app: Flask, teardowns: list[tuple[str, BaseException | None]], here: bool
 ) -> None:
-    contexts, view_request, view_g = view_contexts(app)
+    contexts, view_request, view_g = view_contexts(app, here=here)
     teardowns.clear()
     seen: list[Any] = []
 
@@ -447,16 +454,37 @@ def test_the_producer_sees_the_views_request_g_and_session_and_teardown_runs_aga
         seen.append((request.args["q"], g.user, session["seen"], current_app.name))
         yield b"x"
 
-    assert contexts.run(lambda: list(contexts.wrap(produce()))) == [b"x"]
+    assert contexts.run(lambda: list(produce())) == [b"x"]
     assert seen == [(view_request, view_g), ("1", "ada", True, app.name)]
+    assert teardowns == []  # held until the stream ends
+    contexts.end(None)
     assert teardowns == [("request", None), ("app", None)]
     assert not has_app_context()  # nothing leaks into the caller's context
 
 
-def test_each_step_may_run_in_another_greenlet_and_the_close_in_a_third(
-    app: Flask, teardowns: list[tuple[str, BaseException | None]]
+@pytest.mark.parametrize("here", [False, True], ids=["copy", "here"])
+def test_teardown_sees_what_ended_the_stream(
+    app: Flask, teardowns: list[tuple[str, BaseException | None]], here: bool
 ) -> None:
-    contexts, _, _ = view_contexts(app)
+    error = ValueError("the producer failed")
+    for ended, seen in [(error, error), (GeneratorExit(), GeneratorExit)]:
+        contexts, _, _ = view_contexts(app, here=here)
+        contexts.run(lambda: request.args["q"])
+        teardowns.clear()
+        contexts.end(ended)
+        assert [
+            (kind, exc if isinstance(seen, BaseException) else type(exc)) for kind, exc in teardowns
+        ] == [("request", seen), ("app", seen)]
+        contexts.end(ended)  # once only
+        assert len(teardowns) == 2
+        assert not has_app_context()
+
+
+@pytest.mark.parametrize("here", [False, True], ids=["copy", "here"])
+def test_a_producer_greenlet_of_ours_sees_the_contexts_and_the_close_pops_them(
+    app: Flask, teardowns: list[tuple[str, BaseException | None]], here: bool
+) -> None:
+    contexts, _, _ = view_contexts(app, here=here)
     teardowns.clear()
     finalized: list[bool] = []
 
@@ -467,11 +495,18 @@ def test_each_step_may_run_in_another_greenlet_and_the_close_in_a_third(
         finally:
             finalized.append(has_request_context())
 
-    frames = contexts.run(contexts.wrap, produce())
-    assert gevent.spawn(contexts.run, next, frames).get(timeout=2) == b"1"
-    assert gevent.spawn(contexts.run, next, frames).get(timeout=2) == b"1"
-    gevent.spawn(contexts.run, frames.close).get(timeout=2)  # type: ignore[attr-defined]
+    def run_producer() -> list[bytes]:
+        frames = produce()
+        try:
+            return [next(frames), next(frames)]
+        finally:
+            frames.close()
+
+    # The runner is made in the serving greenlet; the producer runs in another.
+    assert gevent.spawn(contexts.runner(), run_producer).get(timeout=2) == [b"1", b"1"]
     assert finalized == [True]
+    assert teardowns == []
+    contexts.end(GeneratorExit())
     # Closed before its end, as flask.stream_with_context tells teardown.
     assert [(kind, type(exc)) for kind, exc in teardowns] == [
         ("request", GeneratorExit),
@@ -480,36 +515,27 @@ def test_each_step_may_run_in_another_greenlet_and_the_close_in_a_third(
     assert not has_app_context()
 
 
-def test_a_producer_closed_before_it_ran_sees_the_contexts_without_a_push(
+def test_contexts_held_here_are_pushed_in_the_serving_greenlets_own_context(
     app: Flask, teardowns: list[tuple[str, BaseException | None]]
 ) -> None:
-    contexts, _, _ = view_contexts(app)
+    contexts, view_request, _ = view_contexts(app, here=True)
+    # The view's request stays current here, with no copy and no run().
+    assert request._get_current_object() is view_request  # type: ignore[attr-defined]
     teardowns.clear()
-    closed: list[str] = []
-
-    class Source:
-        def __iter__(self) -> Iterator[bytes]:
-            return self
-
-        def __next__(self) -> bytes:
-            raise AssertionError("never iterated")
-
-        def close(self) -> None:
-            closed.append(g.user)
-
-    contexts.run(Source().close)
-    assert closed == ["ada"]
-    assert teardowns == []  # never pushed, so never torn down
+    contexts.end(None)
+    assert teardowns == [("request", None), ("app", None)]
+    assert not has_request_context()
 
 
 def test_an_app_context_stream_without_a_request_sees_the_apps_g(app: Flask) -> None:
     with app.app_context():
         g.job = 7
-        contexts = _ViewContexts()
+        contexts = _ViewContexts(here=True)
 
     def produce() -> Iterator[bytes]:
         yield str(g.job).encode()
         assert not has_request_context()
 
-    assert contexts.run(lambda: list(contexts.wrap(produce()))) == [b"7"]
+    assert contexts.run(lambda: list(produce())) == [b"7"]
+    contexts.end(None)
     assert not has_app_context()
