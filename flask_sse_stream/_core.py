@@ -36,7 +36,14 @@ def chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-class CloseReason(enum.Enum):
+class _Identity(enum.Enum):
+    # Members are singletons, so identity hashing is exact, and it is C code:
+    # Enum's own __hash__ is a Python call, paid twice per transition (the
+    # table's two lookups), that is per item and per write.
+    __hash__ = object.__hash__
+
+
+class CloseReason(_Identity):
     """Why a stream ended."""
 
     FINISHED = "finished"
@@ -51,7 +58,7 @@ class CloseReason(enum.Enum):
     """The server is shutting down and asked the client to reconnect."""
 
 
-class State(enum.Enum):
+class State(_Identity):
     """Where a stream is."""
 
     NEW = "new"
@@ -68,7 +75,7 @@ class State(enum.Enum):
     """Nothing more is written."""
 
 
-class Input(enum.Enum):
+class Input(_Identity):
     """What can happen to a stream."""
 
     START = "start"  # the server asks for the first chunk

@@ -101,28 +101,33 @@ class Producer:
 class SubscriptionFeed:
     """A broker subscription, served by the handler greenlet itself."""
 
-    __slots__ = ("_stream", "_sub")
+    __slots__ = ("_core", "_encode", "_stream", "_sub")
 
     def __init__(self, stream: EventStream, sub: Subscription, *, beside: bool) -> None:
         self._stream = stream
         self._sub = sub
+        # Kept here: the sink runs once per subscriber per publish.
+        self._core = stream.core
+        self._encode = stream.encode
         if beside:
             sub.set_sink(self._deliver)
 
     def _take(self) -> bool:
         """Move queued events into the machine; ``True`` if the handler has work."""
-        stream = self._stream
-        core = stream.core
+        core = self._core
         if core.full:
             return True
         sub = self._sub
         events = sub.get_batch(core.max_frames)
         if events:
+            encode = self._encode
             try:
-                encode = stream.encode
-                core.item(b"".join([encode(event) for event in events]))
+                if len(events) == 1:
+                    core.item(encode(events[0]))
+                else:
+                    core.item(b"".join([encode(event) for event in events]))
             except Exception as error:
-                stream.producer_failed(error)
+                self._stream.producer_failed(error)
             return True
         if sub.closed:
             core.finished()  # dropped as too slow, or its broker closed
@@ -142,9 +147,10 @@ class SubscriptionFeed:
     def _deliver(self) -> bool:
         # The sink, in the hub: False makes the subscription wake the handler.
         stream = self._stream
-        if stream.core.state is not State.IDLE or not stream.parked:
+        core = self._core
+        if core.state is not State.IDLE or not stream.parked:
             return False
-        return self._take() and stream.flush_beside() and stream.core.state is State.IDLE
+        return self._take() and stream.flush_beside() and core.state is State.IDLE
 
     def wake(self) -> None:
         self._sub.interrupt()
@@ -168,9 +174,7 @@ class GreenletFeed:
         self._stream = stream
         self._waiter: Waiter[Any] | None = None
         self._room: Waiter[Any] | None = None
-        self._greenlet: gevent.Greenlet[..., None] | None = gevent.spawn(
-            stream.runner(), self._produce
-        )
+        self._greenlet: gevent.Greenlet[..., None] | None = gevent.spawn(stream.run, self._produce)
 
     def _produce(self) -> None:
         stream = self._stream

@@ -176,92 +176,67 @@ class _ViewContexts:
     """Runs a stream's producer in the view's Flask contexts, with public API only.
 
     Made in the view. Flask pops the view's contexts as soon as the view
-    returns, before the body is iterated; :func:`flask.stream_with_context`
-    pushes them again and holds them pushed (:func:`_hold`) until the stream
-    ends (:meth:`end`), when teardown functions run again and see what ended
-    it.
-
-    Where the server iterates the body in the greenlet that ran the view,
-    one request at a time, and always closes it (our own handlers: ``here``),
-    the push happens in the view, in that greenlet's own context, and the
-    producer runs there as it is: no context switch per item, and nothing
-    more on the stack of a parked stream. Anywhere else (any WSGI server,
-    the test client) the body may be iterated in another context, or
-    several bodies interleaved in one, so the push happens later, in a copy
-    of the view's :mod:`contextvars` context, which the producer then runs in.
+    returns, before the body is iterated. The stream keeps a copy of the
+    view's :mod:`contextvars` context (a mapping: nothing else is copied),
+    where ``request``, ``session``, ``g`` and ``current_app`` are the view's
+    own; on first use :func:`flask.stream_with_context` pushes them again
+    there and holds them pushed (:func:`_hold`) until the stream ends
+    (:meth:`end`), when teardown functions run again and see what ended it.
     With only an application context (no request), the producer sees it,
-    and its ``g``, in that copy, without a push.
+    and its ``g``, without a push.
+
+    Pushing in the serving greenlet's own context instead, in the view,
+    would save the copy and a ``Context.run`` per chunk, but it costs more
+    memory per idle stream than it saves (docs/design.md), and a body may be
+    iterated in another context, or several interleaved in one (the test
+    client), where a push must not outlive its own context.
     """
 
     __slots__ = ("_copy", "_held", "_push")
 
-    def __init__(self, *, here: bool = False) -> None:
-        self._held: Iterator[Any] | None = None
-        self._copy: contextvars.Context | None = None
+    def __init__(self) -> None:
+        self._copy = contextvars.copy_context()
         self._push = has_request_context()
-        if here and self._push:
-            self._held = _hold()
-            self._push = False
-        else:
-            self._copy = contextvars.copy_context()
+        self._held: Iterator[str] | None = None
 
     def run(self, func: Callable[[], T]) -> T:
-        """Call ``func()`` in the view's contexts.
-
-        Call it in the greenlet that serves the request, or in the one
-        greenlet that :meth:`runner` was made for.
-        """
-        copy = self._copy
-        if copy is None:
-            # A plain call, not func(*args): CPython 3.11 runs it in the
-            # same C frame, so a parked stream saves less C stack.
-            return func()
-        return copy.run(self._pushed, func)
+        """Call ``func()`` in the view's contexts; in one greenlet at a time."""
+        return self._copy.run(self._pushed, func)
 
     def _pushed(self, func: Callable[[], T]) -> T:
         if self._push:
-            # After the view's own pop: in a copy, a push made before it
-            # would be reset by Flask in the wrong context.
+            # After the view's own pop: pushed before it, in a copy, the
+            # contexts would be reset by Flask in the wrong context.
             self._push = False
             self._held = _hold()
+        # A plain call, not func(*args): CPython 3.11 runs it in the same C
+        # frame, so a parked stream saves less C stack.
         return func()
 
-    def runner(self) -> Callable[[Callable[[], T]], T]:
-        """A :meth:`run` for another greenlet; call it in the serving greenlet."""
-        if self._copy is None:
-            # What the serving greenlet sees now, the view's contexts held
-            # pushed included; only it pops them (end()).
-            return contextvars.copy_context().run
-        return self.run
-
     def end(self, error: BaseException | None) -> None:
-        """Pop the view's contexts again: teardown runs and sees ``error``.
+        """Pop the view's contexts again, if pushed: teardown runs and sees ``error``.
 
         ``None`` for a producer that finished, ``GeneratorExit`` for a
         stream stopped before its end (as :func:`flask.stream_with_context`
-        tells teardown), or the producer's exception. Call it once, in the
-        serving greenlet, after the producer's cleanup.
+        tells teardown), or the producer's exception. Call it once, after
+        the producer's cleanup.
         """
         held, self._held = self._held, None
-        if held is None:
-            return
-        if self._copy is not None:
-            self._copy.run(self._end, held, error)
-        else:
-            self._end(held, error)
+        if held is not None:
+            self._copy.run(_end, held, error)
 
-    @staticmethod
-    def _end(held: Iterator[Any], error: BaseException | None) -> None:
-        if error is None:
-            next(held, None)  # runs to its end: the push's ``with`` exits cleanly
-        elif isinstance(error, GeneratorExit):
-            held.close()  # type: ignore[attr-defined]
-        else:
-            try:
-                held.throw(error)  # type: ignore[attr-defined]
-            except BaseException as raised:
-                if raised is not error:
-                    raise
+
+def _end(held: Iterator[str], error: BaseException | None) -> None:
+    if error is None:
+        next(held, None)  # runs to its end: the push's ``with`` exits cleanly
+    elif isinstance(error, GeneratorExit):
+        held.close()  # type: ignore[attr-defined]
+    else:
+        try:
+            held.throw(error)  # type: ignore[attr-defined]
+        except BaseException as raised:
+            if raised is not error:
+                raise
 
 
 class SSE:
@@ -508,7 +483,7 @@ class SSE:
             transport=environ.get(TRANSPORT_KEY),
             write_timeout=cfg.write_timeout,
             buffer_size=cfg.buffer_size,
-            context=_ViewContexts(here=environ.get(TRANSPORT_KEY) is not None),
+            context=_ViewContexts(),
             on_close=on_close,
             logger=app.logger,
         )

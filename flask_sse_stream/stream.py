@@ -69,17 +69,10 @@ class StreamContext(Protocol):
     """Where a stream's producer runs: the view's contexts (see ``extension.py``)."""
 
     def run(self, func: Callable[[], T]) -> T:
-        """Call ``func()`` in the context, from the greenlet that serves the request."""
-
-    def runner(self) -> Callable[[Callable[[], T]], T]:
-        """A ``run`` for one other greenlet; made in the greenlet that serves the request."""
+        """Call ``func()`` in the context; in one greenlet at a time."""
 
     def end(self, error: BaseException | None) -> None:
         """Leave the context for good (``error``: what ended the producer, if not its end)."""
-
-
-def _call(func: Callable[[], T]) -> T:
-    return func()
 
 
 def open_streams() -> frozenset[EventStream]:
@@ -326,11 +319,6 @@ class EventStream:
         """Call ``func()`` where the producer runs (the view's contexts)."""
         context = self._context
         return func() if context is None else context.run(func)
-
-    def runner(self) -> Callable[[Callable[[], T]], T]:
-        """Like :meth:`run`, for a greenlet of ours; call in the handler greenlet."""
-        context = self._context
-        return _call if context is None else context.runner()
 
     def begin_producing(self) -> Iterator[Any]:
         """The source's iterator; call inside :meth:`run`."""

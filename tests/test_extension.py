@@ -427,25 +427,22 @@ def teardowns(app: Flask) -> list[tuple[str, BaseException | None]]:
     return log
 
 
-def view_contexts(
-    app: Flask, *, path: str = "/s?q=1", here: bool = False
-) -> tuple[_ViewContexts, Any, Any]:
+def view_contexts(app: Flask, *, path: str = "/s?q=1") -> tuple[_ViewContexts, Any, Any]:
     """The contexts of a view that set ``g.user``, and its request and ``g``."""
     with app.test_request_context(path):
         g.user = "ada"
         session["seen"] = True
         return (
-            _ViewContexts(here=here),
+            _ViewContexts(),
             request._get_current_object(),  # type: ignore[attr-defined]
             g._get_current_object(),  # type: ignore[attr-defined]
         )
 
 
-@pytest.mark.parametrize("here", [False, True], ids=["copy", "here"])
 def test_the_producer_sees_the_views_request_g_and_session_and_teardown_runs_again(
-    app: Flask, teardowns: list[tuple[str, BaseException | None]], here: bool
+    app: Flask, teardowns: list[tuple[str, BaseException | None]]
 ) -> None:
-    contexts, view_request, view_g = view_contexts(app, here=here)
+    contexts, view_request, view_g = view_contexts(app)
     teardowns.clear()
     seen: list[Any] = []
 
@@ -462,13 +459,12 @@ def test_the_producer_sees_the_views_request_g_and_session_and_teardown_runs_aga
     assert not has_app_context()  # nothing leaks into the caller's context
 
 
-@pytest.mark.parametrize("here", [False, True], ids=["copy", "here"])
 def test_teardown_sees_what_ended_the_stream(
-    app: Flask, teardowns: list[tuple[str, BaseException | None]], here: bool
+    app: Flask, teardowns: list[tuple[str, BaseException | None]]
 ) -> None:
     error = ValueError("the producer failed")
     for ended, seen in [(error, error), (GeneratorExit(), GeneratorExit)]:
-        contexts, _, _ = view_contexts(app, here=here)
+        contexts, _, _ = view_contexts(app)
         contexts.run(lambda: request.args["q"])
         teardowns.clear()
         contexts.end(ended)
@@ -480,11 +476,10 @@ def test_teardown_sees_what_ended_the_stream(
         assert not has_app_context()
 
 
-@pytest.mark.parametrize("here", [False, True], ids=["copy", "here"])
 def test_a_producer_greenlet_of_ours_sees_the_contexts_and_the_close_pops_them(
-    app: Flask, teardowns: list[tuple[str, BaseException | None]], here: bool
+    app: Flask, teardowns: list[tuple[str, BaseException | None]]
 ) -> None:
-    contexts, _, _ = view_contexts(app, here=here)
+    contexts, _, _ = view_contexts(app)
     teardowns.clear()
     finalized: list[bool] = []
 
@@ -502,8 +497,7 @@ def test_a_producer_greenlet_of_ours_sees_the_contexts_and_the_close_pops_them(
         finally:
             frames.close()
 
-    # The runner is made in the serving greenlet; the producer runs in another.
-    assert gevent.spawn(contexts.runner(), run_producer).get(timeout=2) == [b"1", b"1"]
+    assert gevent.spawn(contexts.run, run_producer).get(timeout=2) == [b"1", b"1"]
     assert finalized == [True]
     assert teardowns == []
     contexts.end(GeneratorExit())
@@ -515,22 +509,10 @@ def test_a_producer_greenlet_of_ours_sees_the_contexts_and_the_close_pops_them(
     assert not has_app_context()
 
 
-def test_contexts_held_here_are_pushed_in_the_serving_greenlets_own_context(
-    app: Flask, teardowns: list[tuple[str, BaseException | None]]
-) -> None:
-    contexts, view_request, _ = view_contexts(app, here=True)
-    # The view's request stays current here, with no copy and no run().
-    assert request._get_current_object() is view_request  # type: ignore[attr-defined]
-    teardowns.clear()
-    contexts.end(None)
-    assert teardowns == [("request", None), ("app", None)]
-    assert not has_request_context()
-
-
 def test_an_app_context_stream_without_a_request_sees_the_apps_g(app: Flask) -> None:
     with app.app_context():
         g.job = 7
-        contexts = _ViewContexts(here=True)
+        contexts = _ViewContexts()
 
     def produce() -> Iterator[bytes]:
         yield str(g.job).encode()
