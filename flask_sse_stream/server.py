@@ -38,7 +38,7 @@ class TransportHandler(WSGIHandler):
     # dict grow to its next size, 1.4 KiB more per connection (tracemalloc).
     __slots__ = ("_sse_protocol", "_sse_transport", "client_socket")
 
-    READ_BUFFER = 1024
+    READ_BUFFER = 512
     """Bytes of the per-connection read buffer (pywsgi's default is 8 KiB).
 
     A stream's connection reads one request and then only writes, for

@@ -116,6 +116,23 @@ def test_each_event_leaves_as_one_chunk_and_the_stream_ends_with_the_last_chunk(
         assert chunk == f"id: {i}\nevent: count\ndata: event {i}\n\n".encode()
 
 
+def test_a_request_longer_than_the_read_buffer_is_read_whole(server: Server) -> None:
+    # Our handlers read with a small buffer (TransportHandler.READ_BUFFER);
+    # a browser's cookies alone may be several times longer.
+    long_value = "c" * 6000
+    many = [(f"X-Header-{i}", "v" * 100) for i in range(40)]
+    with RawClient(server.port) as client:
+        client.request("/finite?n=2", [("Cookie", f"session={long_value}"), *many])
+        assert client.response().status_code == 200
+        chunks = client.chunks_until_end()
+        client.conn.start_next_cycle()
+        client.request("/health", [("Cookie", f"session={long_value}")])
+        assert client.response().status_code == 200
+    assert b"".join(chunks) == b"retry: 1000\n\n" + b"".join(
+        f"id: {i}\nevent: count\ndata: event {i}\n\n".encode() for i in (0, 1)
+    )
+
+
 def test_a_fast_producer_is_coalesced_into_whole_event_chunks(server: Server) -> None:
     with RawClient(server.port) as client:
         client.request("/fast?n=300&size=10")
