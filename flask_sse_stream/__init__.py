@@ -29,6 +29,7 @@ __all__ = [
     "Publisher",
     "RedisBroker",
     "SSEError",
+    "Stats",
     "Subscription",
     "serve",
 ]
@@ -50,6 +51,7 @@ _HOMES = {
     "Comment": ".event",
     "Event": ".event",
     "SSE": ".extension",
+    "Stats": ".extension",
     "serve": ".server",
     "CloseReason": ".stream",
 }
@@ -68,7 +70,7 @@ if TYPE_CHECKING:
     from .channels import InvalidChannelError
     from .errors import ConfigError, InvalidEventError, SSEError
     from .event import Comment, Event
-    from .extension import SSE
+    from .extension import SSE, Stats
     from .publisher import Publisher
     from .server import serve
     from .stream import CloseReason

@@ -227,7 +227,7 @@ def test_the_publisher_sends_the_bytes_sse_publish_sends(
     sse = SSE(app)
     broker = make_redis()
     data = {"b": [1, 2], "a": "é", "when": __import__("datetime").date(2024, 5, 6)}
-    with app.app_context(), sse.subscribe("x", last_id=None) as local:
+    with app.app_context(), sse.subscribe(["x"], last_id=None) as local:
         sse.publish(data, channel="x", event="e", id="fixed-1", retry=100)
         expected = take(local, 1)[0].encode(app.json.dumps)
     with broker.subscribe(["x"]) as subscription:
