@@ -20,8 +20,8 @@ run: $(BIN)/.installed
 	$(BIN)/flask-sse-stream serve examples.demo:app --host $(HOST) --port $(PORT)
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check flask_sse_stream tests examples benchmarks
-	$(BIN)/ruff format --check flask_sse_stream tests examples benchmarks
+	$(BIN)/ruff check flask_sse_stream tests examples benchmarks docs/conf.py docs/examples
+	$(BIN)/ruff format --check flask_sse_stream tests examples benchmarks docs/conf.py docs/examples
 	$(BIN)/mypy
 
 # The documentation site, warnings as errors: docs/_build/html/index.html.

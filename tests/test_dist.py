@@ -41,6 +41,7 @@ SDIST_TESTS = [
     "tests/test_channels.py",
     "tests/test_extension.py",
     "tests/test_testing.py",
+    "tests/test_docs.py",
 ]
 
 
