@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.metadata
+import flask_sse_stream
 
 project = "flask-sse-stream"
 copyright = "flask-sse-stream contributors"
-release = importlib.metadata.version("flask-sse-stream")
+release = flask_sse_stream.__version__
 version = release
 
 extensions = [
