@@ -71,8 +71,20 @@ def sdist_names(sdist: Path) -> set[str]:
 
 
 def tracked_files() -> list[str] | None:
-    """The files git tracks in the project, or None outside a git checkout."""
+    """The files git tracks in the project, or None outside a git checkout of it.
+
+    An sdist unpacked inside some other checkout is not one.
+    """
     try:
+        top = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel"],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+            text=True,
+        ).stdout.strip()
+        if Path(top).resolve() != ROOT:
+            return None
         out = subprocess.run(
             ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
         ).stdout
