@@ -20,7 +20,7 @@ from redis_server import RedisServer, find_redis_server  # tests/redis_server.py
 
 import flask_sse_stream
 from flask_sse_stream import CloseReason
-from flask_sse_stream.config import DEFAULTS
+from flask_sse_stream._config import DEFAULTS
 from flask_sse_stream.testing import iter_events
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"

@@ -26,7 +26,7 @@ from flask.json.provider import DefaultJSONProvider
 from werkzeug.test import TestResponse
 
 from flask_sse_stream import SSE, Broker, CloseReason, Comment, ConfigError, Event, Stats
-from flask_sse_stream.extension import _ViewContexts
+from flask_sse_stream._extension import _ViewContexts
 
 pytestmark = pytest.mark.timeout(10)
 

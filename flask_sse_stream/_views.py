@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Response, abort, current_app, jsonify, request
 
-from .broker import BrokerUnavailableError
-from .channels import InvalidChannelError, check_channel, last_event_id
-from .metrics import prometheus_text
+from ._broker import BrokerUnavailableError
+from ._channels import InvalidChannelError, check_channel, last_event_id
+from ._metrics import prometheus_text
 
 if TYPE_CHECKING:
-    from .config import Config
-    from .extension import SSE
+    from ._config import Config
+    from ._extension import SSE
 
 __all__ = ["make_blueprint"]
 

@@ -23,15 +23,15 @@ from flask import (
 )
 from werkzeug.wrappers import Response as BaseResponse
 
-from . import config as _config
+from . import _config
+from ._broker import Broker, MemoryBroker, Subscription
+from ._cancel import find_socket
+from ._channels import check_channel, last_event_id
+from ._config import Config
+from ._errors import InvalidEventError
+from ._event import Comment, Event, JSONDumps
+from ._stream import CloseReason, EventStream, heartbeats, open_streams
 from ._transport import ENVIRON_KEY as TRANSPORT_KEY
-from .broker import Broker, MemoryBroker, Subscription
-from .cancel import find_socket
-from .channels import check_channel, last_event_id
-from .config import Config
-from .errors import InvalidEventError
-from .event import Comment, Event, JSONDumps
-from .stream import CloseReason, EventStream, heartbeats, open_streams
 
 __all__ = ["SSE", "Stats", "stream_headers"]
 
@@ -188,7 +188,7 @@ def make_broker(config: Config) -> Broker:
     url = config.broker_url
     if url is None:
         return MemoryBroker(history_size=config.history_size, queue_size=config.queue_size)
-    from .broker.redis import RedisBroker  # needs the redis extra
+    from ._broker.redis import RedisBroker  # needs the redis extra
 
     return RedisBroker(
         url,
@@ -360,10 +360,10 @@ class SSE:
         """The pub/sub blueprint: ``app.register_blueprint(sse.blueprint, url_prefix="/events")``.
 
         ``GET /events?channel=a&channel=b`` streams those channels; see
-        :mod:`flask_sse_stream.views`.
+        :mod:`flask_sse_stream._views`.
         """
         if self._blueprint is None:
-            from .views import make_blueprint
+            from ._views import make_blueprint
 
             self._blueprint = make_blueprint(self)
         return self._blueprint
