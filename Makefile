@@ -6,26 +6,47 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: run test test-flask-next lint bench bench-quick clean
+.PHONY: run test test-flask-next lint docs dist sdist-test bench bench-quick clean
 
-$(BIN)/.installed: setup.cfg pyproject.toml
+# The project editable, with the `dev` dependency group of pyproject.toml
+# (test, lint and docs tools; groups need pip >= 25.1).
+$(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet --upgrade 'pip>=25.1'
+	$(BIN)/pip install --quiet -e . --group dev
 	touch $@
 
 run: $(BIN)/.installed
 	$(BIN)/flask-sse-stream serve examples.demo:app --host $(HOST) --port $(PORT)
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check flask_sse_stream tests examples benchmarks
-	$(BIN)/ruff format --check flask_sse_stream tests examples benchmarks
+	$(BIN)/ruff check flask_sse_stream tests examples benchmarks docs/conf.py docs/examples
+	$(BIN)/ruff format --check flask_sse_stream tests examples benchmarks docs/conf.py docs/examples
 	$(BIN)/mypy
 
-# The Redis tests run again in a process gevent has patched, as the Redis
-# broker requires; in the first run they are skipped. Then the stream tests
-# run once more against the next Flask (test-flask-next).
-test: lint
+# The documentation site, warnings as errors: docs/_build/html/index.html.
+docs: $(BIN)/.installed
+	$(BIN)/sphinx-build -q -W --keep-going -b html docs docs/_build/html
+
+# The sdist and wheel in dist/, checked as PyPI would check them.
+dist: $(BIN)/.installed
+	rm -rf dist
+	$(BIN)/python -m build --quiet --outdir dist .
+	$(BIN)/twine check --strict dist/*
+
+# The whole test suite run from an unpacked sdist, as distributions run it
+# (`make test` runs a part of it, in tests/test_dist.py).
+sdist-test: dist
+	rm -rf build/sdist-test && mkdir -p build/sdist-test
+	tar -xzf dist/*.tar.gz -C build/sdist-test
+	cd build/sdist-test/flask_sse_stream-* && $(CURDIR)/$(BIN)/python -m pytest -p no:cacheprovider \
+		&& $(CURDIR)/$(BIN)/python -m gevent.monkey --module pytest -p no:cacheprovider tests/broker -m redis
+
+# Lint, the docs and the distributions first. The Redis tests run again in a
+# process gevent has patched, as the Redis broker requires; in the first run
+# they are skipped. Then the stream tests run once more against the next
+# Flask (test-flask-next).
+test: lint docs dist
 	$(BIN)/pytest $(PYTEST_ARGS)
 	$(BIN)/python -m gevent.monkey --module pytest -p no:cacheprovider tests/broker -m redis
 	$(MAKE) test-flask-next
@@ -45,8 +66,8 @@ test-flask-next: $(BIN)/.installed
 	fi; \
 	set -e; rm -rf $(NEXT_VENV); \
 	$(PYTHON) -m venv $(NEXT_VENV); \
-	$(NEXT_VENV)/bin/pip install --quiet --upgrade pip; \
-	$(NEXT_VENV)/bin/pip install --quiet -e '.[test]'; \
+	$(NEXT_VENV)/bin/pip install --quiet --upgrade 'pip>=25.1'; \
+	$(NEXT_VENV)/bin/pip install --quiet -e . --group test; \
 	$(NEXT_VENV)/bin/pip install --quiet --no-deps --force-reinstall "$(FLASK_NEXT)"; \
 	$(NEXT_VENV)/bin/python -c 'import flask, importlib.metadata as m; print("test-flask-next: Flask", m.version("flask"))'; \
 	$(NEXT_VENV)/bin/pytest -p no:cacheprovider $(NEXT_TESTS); \
@@ -67,4 +88,4 @@ bench-quick: benchmarks/.venv/.installed
 	$(BIN)/python benchmarks/core.py --quick
 
 clean:
-	rm -rf $(VENV) $(NEXT_VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(NEXT_VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache build dist docs/_build

@@ -25,9 +25,15 @@ from flask import Flask, Response, request, stream_with_context
 
 from benchmarks import instrument
 from flask_sse_stream import SSE
-from flask_sse_stream.cancel import find_socket
-from flask_sse_stream.extension import stream_headers
-from flask_sse_stream.stream import EventStream
+
+try:
+    from flask_sse_stream._cancel import find_socket
+    from flask_sse_stream._extension import stream_headers
+    from flask_sse_stream._stream import EventStream
+except ImportError:  # a commit from before the internal modules became private
+    from flask_sse_stream.cancel import find_socket  # type: ignore[no-redef]
+    from flask_sse_stream.extension import stream_headers  # type: ignore[no-redef]
+    from flask_sse_stream.stream import EventStream  # type: ignore[no-redef]
 
 app = Flask(__name__)
 sse = SSE(app)

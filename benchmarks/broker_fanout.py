@@ -45,7 +45,11 @@ import gevent
 import gevent.event
 
 from flask_sse_stream import Event
-from flask_sse_stream.broker import MemoryBroker, MemorySubscription
+
+try:
+    from flask_sse_stream._broker import MemoryBroker, MemorySubscription
+except ImportError:  # a commit from before the internal modules became private
+    from flask_sse_stream.broker import MemoryBroker, MemorySubscription  # type: ignore[no-redef]
 
 CASES = ("batch1", "batch100", "get_batch", "thread")
 SAMPLE_EVERY = 100

@@ -40,7 +40,10 @@ from typing import Any
 import gevent
 from gevent.queue import Empty, Full, Queue
 
-from flask_sse_stream import heartbeat
+try:
+    from flask_sse_stream import _heartbeat as heartbeat
+except ImportError:  # a commit from before the internal modules became private
+    from flask_sse_stream import heartbeat  # type: ignore[no-redef]
 
 COMMENT = b":\n"
 BUFFER_SIZE = 64

@@ -56,7 +56,7 @@ def worker(url: str, prefix: str, subscribers: int, events: int, offset: int) ->
     import gevent
     import gevent.event
 
-    from flask_sse_stream.broker import RedisBroker, Subscription
+    from flask_sse_stream import RedisBroker, Subscription
 
     broker = RedisBroker(url, key_prefix=prefix, queue_size=events + 1)
     subscriptions = [broker.subscribe([CHANNEL]) for _ in range(subscribers)]
@@ -108,7 +108,7 @@ def worker(url: str, prefix: str, subscribers: int, events: int, offset: int) ->
 def measure(url: str, subscribers: int, workers: int, events: int, rate: float) -> dict[str, Any]:
     import redis
 
-    from flask_sse_stream.publisher import Publisher
+    from flask_sse_stream import Publisher
 
     prefix = f"bench-{uuid.uuid4().hex[:8]}:"
     share = [

@@ -195,7 +195,9 @@ class ServerSpec:
 
 
 def _redis_broker() -> str | None:
-    if not (SOURCE / "flask_sse_stream" / "broker" / "redis.py").exists():
+    if not any(
+        (SOURCE / "flask_sse_stream" / d / "redis.py").exists() for d in ("_broker", "broker")
+    ):
         return "flask_sse_stream.broker.redis does not exist yet"
     return None
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "RESET_EVENT",
@@ -29,33 +29,35 @@ __all__ = [
     "Publisher",
     "RedisBroker",
     "SSEError",
+    "Stats",
     "Subscription",
     "serve",
 ]
 
 _HOMES = {
-    "RESET_EVENT": ".broker",
-    "Broker": ".broker",
-    "BrokerClosedError": ".broker",
-    "BrokerStats": ".broker",
-    "MemoryBroker": ".broker",
-    "Subscription": ".broker",
-    "BrokerUnavailableError": ".broker",
-    "RedisBroker": ".broker.redis",
-    "Publisher": ".publisher",
-    "InvalidChannelError": ".channels",
-    "ConfigError": ".errors",
-    "InvalidEventError": ".errors",
-    "SSEError": ".errors",
-    "Comment": ".event",
-    "Event": ".event",
-    "SSE": ".extension",
-    "serve": ".server",
-    "CloseReason": ".stream",
+    "RESET_EVENT": "._broker",
+    "Broker": "._broker",
+    "BrokerClosedError": "._broker",
+    "BrokerStats": "._broker",
+    "MemoryBroker": "._broker",
+    "Subscription": "._broker",
+    "BrokerUnavailableError": "._broker",
+    "RedisBroker": "._broker.redis",
+    "Publisher": "._publisher",
+    "InvalidChannelError": "._channels",
+    "ConfigError": "._errors",
+    "InvalidEventError": "._errors",
+    "SSEError": "._errors",
+    "Comment": "._event",
+    "Event": "._event",
+    "SSE": "._extension",
+    "Stats": "._extension",
+    "serve": "._server",
+    "CloseReason": "._stream",
 }
 
 if TYPE_CHECKING:
-    from .broker import (
+    from ._broker import (
         RESET_EVENT,
         Broker,
         BrokerClosedError,
@@ -64,14 +66,14 @@ if TYPE_CHECKING:
         MemoryBroker,
         Subscription,
     )
-    from .broker.redis import RedisBroker
-    from .channels import InvalidChannelError
-    from .errors import ConfigError, InvalidEventError, SSEError
-    from .event import Comment, Event
-    from .extension import SSE
-    from .publisher import Publisher
-    from .server import serve
-    from .stream import CloseReason
+    from ._broker.redis import RedisBroker
+    from ._channels import InvalidChannelError
+    from ._errors import ConfigError, InvalidEventError, SSEError
+    from ._event import Comment, Event
+    from ._extension import SSE, Stats
+    from ._publisher import Publisher
+    from ._server import serve
+    from ._stream import CloseReason
 
 
 def __getattr__(name: str) -> Any:

@@ -8,7 +8,7 @@ from gevent import monkey
 
 monkey.patch_all()
 
-from .cli import main  # noqa: E402 - must come after patching
+from ._cli import main  # noqa: E402 - must come after patching
 
 __all__ = ["main"]
 

@@ -3,7 +3,7 @@
 A stream is fed inputs (an item made, the producer about to wait, a
 heartbeat due, the client gone, a drain, the outcome of a write) and
 answers with what to write and whether to stop the producer. Sockets,
-greenlets and Flask stay outside: :mod:`flask_sse_stream.stream` feeds the
+greenlets and Flask stay outside: :mod:`flask_sse_stream._stream` feeds the
 inputs and carries out the outputs, which keeps every transition testable
 by a table (``tests/test_core.py``), in the manner of h11's ``_state.py``.
 

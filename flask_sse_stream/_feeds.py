@@ -28,12 +28,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 import gevent
 from gevent.hub import Waiter
 
+from ._broker import Subscription
 from ._core import State
 from ._transport import Interrupted, Transport
-from .broker import Subscription
 
 if TYPE_CHECKING:
-    from .stream import EventStream
+    from ._stream import EventStream
 
 
 class Feed(Protocol):

@@ -7,7 +7,7 @@
 
 It is gunicorn's ``gevent_pywsgi`` worker (gevent's pywsgi server in each
 worker process) with the library's own request handler,
-:class:`~flask_sse_stream.server.TransportHandler`, and two additions:
+:class:`~flask_sse_stream._server.TransportHandler`, and two additions:
 
 * streams write beside the handler (heartbeats and a subscription's new
   events go to the socket without waking the request's greenlet) and a
@@ -34,8 +34,8 @@ from gunicorn.workers.ggevent import (  # type: ignore[import-untyped]
     PyWSGIHandler,
 )
 
-from .server import TransportHandler
-from .stream import drain
+from ._server import TransportHandler
+from ._stream import drain
 
 __all__ = ["DRAIN_RETRY", "GeventWorker", "drain_when_stopping"]
 

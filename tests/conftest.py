@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import gevent
 import pytest
 
-from flask_sse_stream.stream import open_streams
+from flask_sse_stream._stream import open_streams
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,7 @@ Section "Server-sent events", subsections "Parsing an event stream" and
 decodes the whole body first and walks it one character at a time, keeping
 the standard's own buffers (data buffer, event type buffer, last event ID
 buffer) under their own names. The tests use it as an independent oracle for
-both the encoder (flask_sse_stream.event) and the fast parser
+both the encoder (flask_sse_stream._event) and the fast parser
 (flask_sse_stream.testing); it shares no code with either.
 
 One choice the standard leaves open: a ``retry`` field with an empty value

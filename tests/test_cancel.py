@@ -10,7 +10,7 @@ import gevent
 import gevent.socket
 import pytest
 
-from flask_sse_stream.cancel import SOCKET_KEYS, SocketWatch, find_socket, peer_closed
+from flask_sse_stream._cancel import SOCKET_KEYS, SocketWatch, find_socket, peer_closed
 
 pytestmark = pytest.mark.timeout(10)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from flask_sse_stream.channels import (
+from flask_sse_stream._channels import (
     MAX_ID_LENGTH,
     UNKNOWN_ID,
     InvalidChannelError,

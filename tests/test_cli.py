@@ -15,7 +15,7 @@ from flask import Flask
 from gevent import monkey
 
 from flask_sse_stream import serve
-from flask_sse_stream.cli import AppImportError, load_app, main
+from flask_sse_stream._cli import AppImportError, load_app, main
 
 pytestmark = pytest.mark.timeout(10)
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from flask_sse_stream import ConfigError
-from flask_sse_stream.config import DEFAULTS, Config
+from flask_sse_stream._config import DEFAULTS, Config
 
 
 def test_defaults() -> None:

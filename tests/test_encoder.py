@@ -1,6 +1,6 @@
 """The item encoder of ``@sse.stream``, checked against :class:`Event` itself.
 
-:func:`flask_sse_stream.extension.encoder` frames a one-line ``str`` without
+:func:`flask_sse_stream._extension.encoder` frames a one-line ``str`` without
 building an ``Event``; whatever it is given, its bytes (or its error) must be
 those of ``Event(item).encode()``, or ``Event(dumps(item)).encode()`` for a
 ``dict`` or ``list``.
@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flask_sse_stream import Comment, Event, InvalidEventError
-from flask_sse_stream.event import JSONDumps
-from flask_sse_stream.extension import encoder
+from flask_sse_stream._event import JSONDumps
+from flask_sse_stream._extension import encoder
 
 PROPERTY = settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from spec_parser import SpecEvent, read_stream
 
 from flask_sse_stream import Comment, Event, InvalidEventError
-from flask_sse_stream.event import encode
+from flask_sse_stream._event import encode
 from flask_sse_stream.testing import EventStreamParser, ServerSentEvent, parse
 
 PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

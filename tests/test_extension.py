@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
+import re
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, get_origin, get_type_hints
 
 import gevent
 import gevent.event
@@ -23,8 +25,8 @@ from flask import (
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.test import TestResponse
 
-from flask_sse_stream import SSE, CloseReason, Comment, ConfigError, Event
-from flask_sse_stream.extension import _ViewContexts
+from flask_sse_stream import SSE, Broker, CloseReason, Comment, ConfigError, Event, Stats
+from flask_sse_stream._extension import _ViewContexts
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -114,6 +116,88 @@ def test_a_stream_of_an_app_without_init_app_says_what_to_do() -> None:
         app.test_client().get("/s")
 
 
+@pytest.mark.parametrize("second", ["SSE(app)", "sse.init_app(app)", "SSE().init_app(app)"])
+def test_a_second_registration_on_the_same_app_is_refused_and_keeps_the_first(
+    second: str,
+) -> None:
+    app = Flask(__name__)
+    sse = SSE(app)
+    state = app.extensions["sse"]
+    with app.app_context():
+        sse.publish("kept", channel="c")
+        with pytest.raises(RuntimeError, match=r"already registered.*init_app\(app\) once"):
+            eval(second, {"SSE": SSE, "sse": sse, "app": app})
+        assert app.extensions["sse"] is state
+        assert sse.stats()["published"] == 1
+
+
+def test_a_refused_config_leaves_the_app_free_to_register_again() -> None:
+    app = Flask(__name__)
+    app.config["SSE_RETRY"] = -1
+    with pytest.raises(ConfigError):
+        SSE(app)
+    app.config["SSE_RETRY"] = 10
+    SSE(app)
+    assert app.extensions["sse"].config.retry == 10
+
+
+@pytest.mark.parametrize(
+    ("method", "parameter", "where"),
+    [
+        ("stream", "heartbeat", "<SSE_HEARTBEAT_INTERVAL>"),
+        ("stream", "retry", "<SSE_RETRY>"),
+        ("response", "heartbeat", "<SSE_HEARTBEAT_INTERVAL>"),
+        ("response", "retry", "<SSE_RETRY>"),
+        ("subscribe", "last_id", "<the request's Last-Event-ID>"),
+    ],
+)
+def test_defaults_in_signatures_say_where_the_value_comes_from(
+    method: str, parameter: str, where: str
+) -> None:
+    default = inspect.signature(getattr(SSE, method)).parameters[parameter].default
+    assert repr(default) == where
+
+
+def test_subscribe_takes_a_list_of_channels_as_the_broker_does(app: Flask, sse: SSE) -> None:
+    ours = inspect.signature(SSE.subscribe).parameters["channels"]
+    brokers = inspect.signature(Broker.subscribe).parameters["channels"]
+    assert ours.kind is brokers.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+    assert ours.annotation == brokers.annotation == "Sequence[str]"
+    with app.test_request_context():
+        with pytest.raises(TypeError, match=re.escape("sse.subscribe(['chat'])")):
+            sse.subscribe("chat")  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="at least one"):
+            sse.subscribe([])
+        with sse.subscribe(("a", "b")) as subscription:
+            assert subscription.channels == ("a", "b")
+
+
+def test_stats_has_exactly_the_keys_of_its_type(app: Flask, sse: SSE) -> None:
+    with app.app_context():
+        stats = sse.stats()
+    hints = get_type_hints(Stats)
+    assert set(stats) == set(hints)
+    for key, hint in hints.items():
+        assert isinstance(stats[key], get_origin(hint) or hint), key  # type: ignore[literal-required]
+
+
+def test_the_blueprints_helpers_are_not_public() -> None:
+    public = {name for name in dir(SSE) if not name.startswith("_")}
+    assert public == {
+        "authorize",
+        "blueprint",
+        "broker",
+        "config",
+        "init_app",
+        "on_close",
+        "publish",
+        "response",
+        "stats",
+        "stream",
+        "subscribe",
+    }
+
+
 @pytest.mark.parametrize(("heartbeat", "retry"), [(-1, None), ("5", None), (None, -5), (None, 1.5)])
 def test_bad_decorator_options_are_refused_when_decorating(
     sse: SSE, heartbeat: Any, retry: Any
@@ -154,7 +238,7 @@ def test_first_chunk_is_the_preamble_even_when_the_producer_blocks(app: Flask, s
 
 
 def test_no_retry_sends_a_comment_first(app: Flask, sse: SSE) -> None:
-    app.extensions["sse"] = None
+    del app.extensions["sse"]  # registered again below, without a retry
     app.config["SSE_RETRY"] = None
     sse.init_app(app)
 

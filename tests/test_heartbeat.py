@@ -12,8 +12,8 @@ import gevent
 import greenlet
 import pytest
 
-from flask_sse_stream.heartbeat import Heartbeat, for_current_hub, interval_for
-from flask_sse_stream.stream import HEARTBEAT, EventStream
+from flask_sse_stream._heartbeat import Heartbeat, for_current_hub, interval_for
+from flask_sse_stream._stream import HEARTBEAT, EventStream
 
 pytestmark = pytest.mark.timeout(10)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask_sse_stream.metrics import prometheus_text
+from flask_sse_stream._metrics import prometheus_text
 
 
 def test_stats_render_as_prometheus_text() -> None:

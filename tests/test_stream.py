@@ -21,7 +21,7 @@ import pytest
 from gevent.event import Event as Flag
 
 from flask_sse_stream import CloseReason, Event, MemoryBroker
-from flask_sse_stream.stream import HEARTBEAT, EventStream, drain, open_streams
+from flask_sse_stream._stream import HEARTBEAT, EventStream, drain, open_streams
 
 pytestmark = pytest.mark.timeout(10)
 

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from spec_parser import SpecEvent, read_stream
 
 from flask_sse_stream import SSE, Comment, Event
-from flask_sse_stream.server import SSEHandler
+from flask_sse_stream._server import SSEHandler
 from flask_sse_stream.testing import EventStreamParser, ServerSentEvent, iter_events, parse
 
 PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

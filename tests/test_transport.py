@@ -2,7 +2,7 @@
 
 The "server" here is the part of one that matters: a handler greenlet that
 iterates the stream and writes each item as one HTTP/1.1 chunk, telling the
-transport what it wrote, as :class:`flask_sse_stream.server.TransportHandler`
+transport what it wrote, as :class:`flask_sse_stream._server.TransportHandler`
 does. Socket buffers are made small so that a big event goes beside the
 server only in part; h11 reads the wire strictly on the client's side.
 """
@@ -21,8 +21,8 @@ from gevent.event import Event as Flag
 
 from flask_sse_stream import Event, MemoryBroker
 from flask_sse_stream._core import chunk
+from flask_sse_stream._stream import EventStream, heartbeats
 from flask_sse_stream._transport import Transport
-from flask_sse_stream.stream import EventStream, heartbeats
 
 pytestmark = pytest.mark.timeout(20)
 

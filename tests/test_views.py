@@ -240,7 +240,7 @@ def test_a_view_can_stream_a_subscription(app: Flask, sse: SSE, opened: list[Tes
     @app.get("/me")
     @sse.stream
     def me() -> Iterator[object]:
-        yield from sse.subscribe("user-1")
+        yield from sse.subscribe(["user-1"])
 
     response = app.test_client().get("/me", buffered=False)
     opened.append(response)

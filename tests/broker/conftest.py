@@ -36,7 +36,7 @@ from gevent import monkey
 from redis_server import RedisServer, find_redis_server  # tests/redis_server.py
 
 from flask_sse_stream import Event
-from flask_sse_stream.broker import Broker, MemoryBroker, Subscription
+from flask_sse_stream._broker import Broker, MemoryBroker, Subscription
 
 PATCHED = monkey.is_module_patched("socket")
 REDIS_COMMAND = "python -m gevent.monkey --module pytest tests/broker -m redis"
@@ -75,7 +75,7 @@ def _memory(request: pytest.FixtureRequest, history_size: int, queue_size: int) 
 
 
 def _redis(request: pytest.FixtureRequest, history_size: int, queue_size: int) -> Broker:
-    from flask_sse_stream.broker.redis import RedisBroker
+    from flask_sse_stream._broker.redis import RedisBroker
 
     server: RedisServer = request.getfixturevalue("redis_server")
     return RedisBroker(

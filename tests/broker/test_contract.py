@@ -21,7 +21,7 @@ import gevent
 import pytest
 
 from flask_sse_stream import Event
-from flask_sse_stream.broker import (
+from flask_sse_stream._broker import (
     RESET_EVENT,
     Broker,
     BrokerClosedError,

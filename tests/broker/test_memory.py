@@ -22,8 +22,8 @@ import pytest
 from gevent._hub_local import get_hub_if_exists
 
 from flask_sse_stream import Event
-from flask_sse_stream.broker import RESET_EVENT, MemoryBroker, MemorySubscription
-from flask_sse_stream.broker._wakeup import current_waker
+from flask_sse_stream._broker import RESET_EVENT, MemoryBroker, MemorySubscription
+from flask_sse_stream._broker._wakeup import current_waker
 
 from .conftest import claims_everything, take, wait_until
 
@@ -336,7 +336,7 @@ monkey.patch_all()
 import json, sys, threading
 import gevent
 from flask_sse_stream import Event
-from flask_sse_stream.broker import MemoryBroker
+from flask_sse_stream._broker import MemoryBroker
 
 broker = MemoryBroker(queue_size=5000)
 count = 1000

@@ -20,9 +20,9 @@ from gevent import monkey
 from redis_server import RedisServer, free_port
 
 from flask_sse_stream import InvalidChannelError, InvalidEventError
-from flask_sse_stream.broker._redis_wire import decode
-from flask_sse_stream.broker.redis import BrokerUnavailableError, RedisBroker
-from flask_sse_stream.publisher import Publisher, flask_json_dumps
+from flask_sse_stream._broker._redis_wire import decode
+from flask_sse_stream._broker.redis import BrokerUnavailableError, RedisBroker
+from flask_sse_stream._publisher import Publisher, flask_json_dumps
 
 
 @pytest.fixture

@@ -29,10 +29,10 @@ from flask import Flask
 from redis_server import RedisServer, find_redis_server, free_port
 
 from flask_sse_stream import SSE, Event
-from flask_sse_stream.broker import RESET_EVENT, Subscription
-from flask_sse_stream.broker._redis_wire import pipeline
-from flask_sse_stream.broker.redis import BrokerUnavailableError, RedisBroker
-from flask_sse_stream.publisher import Publisher
+from flask_sse_stream._broker import RESET_EVENT, Subscription
+from flask_sse_stream._broker._redis_wire import pipeline
+from flask_sse_stream._broker.redis import BrokerUnavailableError, RedisBroker
+from flask_sse_stream._publisher import Publisher
 
 from .conftest import take, wait_until
 
@@ -170,7 +170,7 @@ def test_a_publisher_in_a_plain_process_reaches_subscribers(
     script = (
         "import sys, json\n"
         "from gevent import monkey\n"
-        "from flask_sse_stream.publisher import Publisher\n"
+        "from flask_sse_stream._publisher import Publisher\n"
         "assert not monkey.is_module_patched('socket')\n"
         f"with Publisher({redis_server.url!r}, key_prefix={broker.key_prefix!r}) as p:\n"
         f"    ids = [p.publish({{'n': n}}, channel='jobs', event='job') for n in range({count})]\n"
@@ -227,7 +227,7 @@ def test_the_publisher_sends_the_bytes_sse_publish_sends(
     sse = SSE(app)
     broker = make_redis()
     data = {"b": [1, 2], "a": "é", "when": __import__("datetime").date(2024, 5, 6)}
-    with app.app_context(), sse.subscribe("x", last_id=None) as local:
+    with app.app_context(), sse.subscribe(["x"], last_id=None) as local:
         sse.publish(data, channel="x", event="e", id="fixed-1", retry=100)
         expected = take(local, 1)[0].encode(app.json.dumps)
     with broker.subscribe(["x"]) as subscription:
@@ -619,7 +619,7 @@ monkey.patch_all()
 import json, os, sys
 import gevent
 from flask_sse_stream import Event
-from flask_sse_stream.broker.redis import RedisBroker
+from flask_sse_stream._broker.redis import RedisBroker
 
 broker = RedisBroker(sys.argv[1], key_prefix=sys.argv[2])
 subscription = broker.subscribe(["c"])

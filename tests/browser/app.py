@@ -24,7 +24,7 @@ import gevent
 from flask import Flask, Response, request
 
 from flask_sse_stream import SSE, CloseReason, Event
-from flask_sse_stream.stream import drain, open_streams
+from flask_sse_stream._stream import drain, open_streams
 
 app = Flask(__name__)
 app.config.update(

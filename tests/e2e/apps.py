@@ -28,7 +28,7 @@ import greenlet
 from flask import Flask, request
 
 from flask_sse_stream import SSE, CloseReason, Event
-from flask_sse_stream.stream import heartbeats, open_streams
+from flask_sse_stream._stream import heartbeats, open_streams
 
 app = Flask(__name__)
 app.config.update(

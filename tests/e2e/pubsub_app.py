@@ -19,7 +19,7 @@ from flask import Flask, Response, request
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from flask_sse_stream import SSE
-from flask_sse_stream.stream import open_streams
+from flask_sse_stream._stream import open_streams
 
 app = Flask(__name__)
 app.config.update(

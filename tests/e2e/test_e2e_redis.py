@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from flask_sse_stream.publisher import Publisher
+from flask_sse_stream._publisher import Publisher
 
 from .helpers import Server, free_port, wait_for
 from .test_e2e_gunicorn import OURS, start_gunicorn

@@ -21,7 +21,7 @@ import gevent
 from flask import Flask, Response, request
 
 from flask_sse_stream import SSE, Event
-from flask_sse_stream.stream import open_streams
+from flask_sse_stream._stream import open_streams
 
 app = Flask(__name__)
 app.config.update(

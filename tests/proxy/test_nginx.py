@@ -121,7 +121,10 @@ def test_a_1s_heartbeat_keeps_a_stream_open_through_10s_of_quiet_under_a_3s_read
     heartbeats = client.body.count(b":\n")
     print(f"quiet period {quiet:.2f} s behind proxy_read_timeout 3s: {heartbeats} heartbeats")
     assert [event.data for event in client.events] == ["before", "after"]
-    assert quiet >= 10
+    # gevent's sleep counts from the loop's cached clock, read before "before"
+    # went out, so the 10 s can end a few ms early by this process's clock
+    # (seen: 9.997 s, twice in three runs).
+    assert quiet >= 9.9
     assert heartbeats >= 9
     assert len(requests_for(app_server, query)) == 1  # one connection all along
     assert "upstream timed out" not in nginx.error_log()

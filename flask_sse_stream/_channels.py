@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import SSEError
+from ._errors import SSEError
 
 __all__ = [
     "CHANNEL_PATTERN",

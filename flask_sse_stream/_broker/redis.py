@@ -1,6 +1,6 @@
 """The Redis broker: every worker process and host shares channels through Redis.
 
-:class:`RedisBroker` follows the contract of :mod:`flask_sse_stream.broker.base`
+:class:`RedisBroker` follows the contract of :mod:`flask_sse_stream._broker.base`
 (and passes the same contract tests as the in-process broker). An event
 published in any process, by a broker or by a :class:`~flask_sse_stream.Publisher`,
 reaches the subscriptions of every process; a client that reconnects to
@@ -10,16 +10,16 @@ It is built of three parts, each in its own module:
 
 * what Redis holds (a stream per channel, one counter numbering the events
   of every channel, an epoch) and the script that publishes, shared with
-  ``Publisher``: :mod:`~flask_sse_stream.broker._redis_wire`;
+  ``Publisher``: :mod:`~flask_sse_stream._broker._redis_wire`;
 * where commands run (the hub of the thread that built the broker; a call
   from another thread is handed to it) and the pool of connections for
-  publishing and replays: :mod:`~flask_sse_stream.broker._redis_home`;
+  publishing and replays: :mod:`~flask_sse_stream._broker._redis_home`;
 * the one pub/sub connection per process that brings every event, with
-  reconnection and gap filling: :mod:`~flask_sse_stream.broker._redis_link`.
+  reconnection and gap filling: :mod:`~flask_sse_stream._broker._redis_link`.
 
 This module is the broker itself: the local subscriptions, fed by the link
 through the same queues and wake-ups as the in-process broker
-(:mod:`flask_sse_stream.broker._local`), so an event is decoded once per
+(:mod:`flask_sse_stream._broker._local`), so an event is decoded once per
 process and every subscriber gets the same object; and the hand-over from
 replay to live. The number of connections does not depend on the number of
 clients.
@@ -55,8 +55,8 @@ from typing import TYPE_CHECKING, Final
 
 from gevent import monkey
 
-from ..errors import InvalidEventError
-from ..event import Event, JSONDumps
+from .._errors import InvalidEventError
+from .._event import Event, JSONDumps
 from ._local import (
     LocalFanOut,
     LocalSubscription,

@@ -7,9 +7,9 @@ import functools
 import os
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, TypeVar, overload
+from typing import Any, Final, TypedDict, TypeVar, overload
 
 from flask import (
     Blueprint,
@@ -23,17 +23,17 @@ from flask import (
 )
 from werkzeug.wrappers import Response as BaseResponse
 
-from . import config as _config
+from . import _config
+from ._broker import Broker, MemoryBroker, Subscription
+from ._cancel import find_socket
+from ._channels import check_channel, last_event_id
+from ._config import Config
+from ._errors import InvalidEventError
+from ._event import Comment, Event, JSONDumps
+from ._stream import CloseReason, EventStream, heartbeats, open_streams
 from ._transport import ENVIRON_KEY as TRANSPORT_KEY
-from .broker import Broker, MemoryBroker, Subscription
-from .cancel import find_socket
-from .channels import check_channel, last_event_id
-from .config import Config
-from .errors import InvalidEventError
-from .event import Comment, Event, JSONDumps
-from .stream import CloseReason, EventStream, heartbeats, open_streams
 
-__all__ = ["SSE", "stream_headers"]
+__all__ = ["SSE", "Stats", "stream_headers"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -41,12 +41,51 @@ OnClose = Callable[[CloseReason], None]
 
 
 class _Default:
+    """A default found when the stream starts; its repr (in ``help()``) says where."""
+
+    __slots__ = ("_where",)
+
+    def __init__(self, where: str) -> None:
+        self._where = where
+
     def __repr__(self) -> str:
-        return "<from config>"
+        return f"<{self._where}>"
 
 
-_FROM_CONFIG: Final = _Default()
-_FROM_REQUEST: Final = _Default()
+_HEARTBEAT_FROM_CONFIG: Final = _Default("SSE_HEARTBEAT_INTERVAL")
+_RETRY_FROM_CONFIG: Final = _Default("SSE_RETRY")
+_LAST_ID_FROM_REQUEST: Final = _Default("the request's Last-Event-ID")
+
+
+class Stats(TypedDict):
+    """What :meth:`SSE.stats` returns: counters of this process and application.
+
+    The broker's counters (:class:`~flask_sse_stream.BrokerStats`) plus the
+    streams'.
+    """
+
+    open_streams: int
+    """Event streams open in this process now."""
+    subscribers: dict[str, int]
+    """Subscribers per channel."""
+    published: int
+    """Events published."""
+    delivered: int
+    """Events handed to subscribers live."""
+    replayed: int
+    """Events replayed to clients that reconnected with ``Last-Event-ID``."""
+    resets: int
+    """``sse-reset`` events sent because a last id could not be replayed from."""
+    dropped_slow: int
+    """Subscribers dropped because they fell ``SSE_QUEUE_SIZE`` events behind."""
+    queued: int
+    """Events waiting for subscribers now."""
+    history: int
+    """Events held for replay now."""
+    closed: dict[str, int]
+    """Streams ended, by :class:`~flask_sse_stream.CloseReason` value."""
+    heartbeats: dict[str, int]
+    """Heartbeats sent, ``direct`` (beside the server) and through the ``handler``."""
 
 
 def stream_headers() -> dict[str, str]:
@@ -149,7 +188,7 @@ def make_broker(config: Config) -> Broker:
     url = config.broker_url
     if url is None:
         return MemoryBroker(history_size=config.history_size, queue_size=config.queue_size)
-    from .broker.redis import RedisBroker  # needs the redis extra
+    from ._broker.redis import RedisBroker  # needs the redis extra
 
     return RedisBroker(
         url,
@@ -265,7 +304,18 @@ class SSE:
             self.init_app(app)
 
     def init_app(self, app: Flask) -> None:
-        """Read the ``SSE_*`` configuration of ``app`` and register with it."""
+        """Read the ``SSE_*`` configuration of ``app`` and register with it.
+
+        :raises RuntimeError: if an ``SSE`` is already registered with ``app``.
+        :raises ConfigError: if an ``SSE_*`` key has a value that cannot be used.
+        """
+        if "sse" in app.extensions:
+            raise RuntimeError(
+                "SSE is already registered with this Flask app (app.extensions['sse']). "
+                "Build one SSE per app and call init_app(app) once, then import that "
+                "instance where you need it: registering again would reset its counters "
+                "and leave its broker open."
+            )
         for key, value in _config.DEFAULTS.items():
             app.config.setdefault(key, value)
         app.extensions["sse"] = _AppState(self, Config.from_mapping(app.config))
@@ -285,10 +335,10 @@ class SSE:
         """The pub/sub blueprint: ``app.register_blueprint(sse.blueprint, url_prefix="/events")``.
 
         ``GET /events?channel=a&channel=b`` streams those channels; see
-        :mod:`flask_sse_stream.views`.
+        :mod:`flask_sse_stream._views`.
         """
         if self._blueprint is None:
-            from .views import make_blueprint
+            from ._views import make_blueprint
 
             self._blueprint = make_blueprint(self)
         return self._blueprint
@@ -322,7 +372,10 @@ class SSE:
         return published.id
 
     def subscribe(
-        self, *channels: str, last_id: str | _Default | None = _FROM_REQUEST
+        self,
+        channels: Sequence[str],
+        *,
+        last_id: str | _Default | None = _LAST_ID_FROM_REQUEST,
     ) -> Subscription:
         """Subscribe to ``channels``; iterate the result to receive their events.
 
@@ -331,8 +384,11 @@ class SSE:
             @app.get("/me/stream")
             @sse.stream
             def my_stream():
-                for event in sse.subscribe(f"user-{current_user.id}"):
+                for event in sse.subscribe([f"user-{current_user.id}"]):
                     yield event
+
+        ``channels`` is a list of names, as for :meth:`Broker.subscribe
+        <flask_sse_stream.Broker.subscribe>`; one channel is a list of one.
 
         Inside a request, ``last_id`` defaults to the client's
         ``Last-Event-ID`` (or ``lastEventId`` query parameter), so a
@@ -340,6 +396,12 @@ class SSE:
         from now. An id the broker no longer has (or never had) yields one
         ``sse-reset`` event first: the page should refetch its state.
         """
+        if isinstance(channels, str):
+            raise TypeError(
+                f"subscribe() takes a list of channel names: sse.subscribe([{channels!r}]), "
+                f"not sse.subscribe({channels!r})"
+            )
+        channels = list(channels)
         if not channels:
             raise TypeError("subscribe() needs at least one channel name")
         for name in channels:
@@ -353,7 +415,7 @@ class SSE:
                 if has_request_context()
                 else None
             )
-        return self._state().broker.subscribe(list(channels), last_id)
+        return self._state().broker.subscribe(channels, last_id)
 
     def authorize(self, callback: Callable[[str], bool]) -> Callable[[str], bool]:
         """Register ``callback(channel) -> bool`` to decide, per request, who may subscribe.
@@ -365,11 +427,11 @@ class SSE:
         self._authorize = callback
         return callback
 
-    def is_allowed(self, channel: str) -> bool:
+    def _is_allowed(self, channel: str) -> bool:
         """Ask the authorization hook whether this request may subscribe to ``channel``."""
         return self._authorize is None or bool(self._authorize(channel))
 
-    def refuse_if_full(self) -> Response | None:
+    def _refuse_if_full(self) -> Response | None:
         """Return a 503 response if ``SSE_MAX_CONNECTIONS`` streams are open, else ``None``."""
         cfg = self._state().config
         if cfg.max_connections is None or len(open_streams()) < cfg.max_connections:
@@ -379,7 +441,7 @@ class SSE:
         response.headers["Retry-After"] = str(max(1, (cfg.retry or 1000) // 1000))
         return response
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> Stats:
         """Counters for monitoring, of the current process and application.
 
         ``open_streams``; ``subscribers`` per channel; events ``published``,
@@ -389,7 +451,7 @@ class SSE:
         ``queued`` for subscribers and held in ``history`` now; streams
         ``closed`` by :class:`CloseReason`; ``heartbeats`` sent by this
         process's streams, ``direct`` (written beside the server, see
-        ``docs/design.md``) and through the ``handler``.
+        the design notes) and through the ``handler``. See :class:`Stats`.
         """
         state = self._state()
         broker = state.broker.stats()
@@ -430,8 +492,8 @@ class SSE:
         self,
         source: Iterable[Any],
         *,
-        heartbeat: float | _Default | None = _FROM_CONFIG,
-        retry: int | _Default | None = _FROM_CONFIG,
+        heartbeat: float | _Default | None = _HEARTBEAT_FROM_CONFIG,
+        retry: int | _Default | None = _RETRY_FROM_CONFIG,
         status: int = 200,
     ) -> Response:
         """Return a streaming response that sends what ``source`` yields.
@@ -441,7 +503,7 @@ class SSE:
         """
         state = self._state()
         cfg = state.config
-        refusal = self.refuse_if_full()
+        refusal = self._refuse_if_full()
         if refusal is not None:
             close = getattr(source, "close", None)
             if close is not None:
@@ -505,8 +567,8 @@ class SSE:
         self,
         view: F | None = None,
         *,
-        heartbeat: float | _Default | None = _FROM_CONFIG,
-        retry: int | _Default | None = _FROM_CONFIG,
+        heartbeat: float | _Default | None = _HEARTBEAT_FROM_CONFIG,
+        retry: int | _Default | None = _RETRY_FROM_CONFIG,
     ) -> F | Callable[[F], F]:
         """Turn a view that yields events into an event stream.
 

@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Response, abort, current_app, jsonify, request
 
-from .broker import BrokerUnavailableError
-from .channels import InvalidChannelError, check_channel, last_event_id
-from .metrics import prometheus_text
+from ._broker import BrokerUnavailableError
+from ._channels import InvalidChannelError, check_channel, last_event_id
+from ._metrics import prometheus_text
 
 if TYPE_CHECKING:
-    from .config import Config
-    from .extension import SSE
+    from ._config import Config
+    from ._extension import SSE
 
 __all__ = ["make_blueprint"]
 
@@ -69,9 +69,9 @@ def _refusal(sse: SSE, channels: list[str]) -> Response | None:
     except InvalidChannelError as exc:
         return error(400, str(exc))
     for name in channels:
-        if not sse.is_allowed(name):
+        if not sse._is_allowed(name):
             return error(403, "not allowed to subscribe to this channel", channel=name)
-    return sse.refuse_if_full()
+    return sse._refuse_if_full()
 
 
 def make_blueprint(sse: SSE) -> Blueprint:
@@ -91,7 +91,7 @@ def make_blueprint(sse: SSE) -> Blueprint:
             request.headers.get("Last-Event-ID"), request.args.get("lastEventId")
         )
         try:
-            subscription = sse.subscribe(*channels, last_id=last_id)
+            subscription = sse.subscribe(channels, last_id=last_id)
         except BrokerUnavailableError:
             current_app.logger.warning("Broker unavailable; refused a stream", exc_info=True)
             response = error(503, "events are unavailable right now, retry later")

@@ -1,6 +1,6 @@
 """Waking a greenlet that waits on a subscription, from any thread, in its own hub.
 
-A broker's fan-out (:mod:`~flask_sse_stream.broker._local`) may run in any
+A broker's fan-out (:mod:`~flask_sse_stream._broker._local`) may run in any
 OS thread: a publisher's, the Redis reader's, a request's under the werkzeug
 development server, which runs each request in its own thread with its own
 hub. The subscriber it wakes waits in a greenlet of some hub. This module
@@ -39,7 +39,7 @@ import gevent
 from gevent import monkey
 from gevent.hub import Hub, Waiter
 
-from ..event import Event
+from .._event import Event
 
 __all__ = [
     "HubWaker",

@@ -40,8 +40,8 @@ import gevent
 import gevent.event
 from redis.exceptions import RedisError
 
-from ..errors import InvalidEventError
-from ..event import Event
+from .._errors import InvalidEventError
+from .._event import Event
 from ._local import base36
 from ._redis_home import Home
 from ._redis_wire import Snapshot, Store, decode
@@ -53,7 +53,7 @@ __all__ = ["Gap", "Link"]
 # Log calls pass str(exc), not exc: a handler that keeps its records (pytest's
 # does) would keep the exception's traceback and, through its frames, the
 # link, its broker and a socket a kill left half made.
-log = logging.getLogger("flask_sse_stream.broker.redis")
+log = logging.getLogger("flask_sse_stream._broker.redis")
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .server import serve
+from ._server import serve
 
 __all__ = ["AppImportError", "load_app", "main"]
 

@@ -26,7 +26,7 @@ part is finished before anything else.
 
 The stream ends, and the producer is stopped wherever it is blocked (its
 ``finally`` clauses run), when the client goes away (seen by
-:mod:`flask_sse_stream.cancel` or by a failed write), when a write takes
+:mod:`flask_sse_stream._cancel` or by a failed write), when a write takes
 longer than the write timeout, when the server drains, or when the producer
 finishes or raises. A producer's exception is logged with its traceback; the
 client only sees the stream end.
@@ -45,13 +45,13 @@ from typing import Any, Protocol, TypeVar
 
 import gevent
 
-from . import heartbeat as _heartbeat
+from . import _heartbeat
+from ._broker import Subscription
+from ._cancel import SocketWatch, peer_closed
 from ._core import HEARTBEAT, CloseReason, State, StreamCore, TurnKind
+from ._event import Event
 from ._feeds import Feed, GreenletFeed, InlineFeed, SubscriptionFeed
 from ._transport import Transport
-from .broker import Subscription
-from .cancel import SocketWatch, peer_closed
-from .event import Event
 
 __all__ = ["HEARTBEAT", "CloseReason", "EventStream", "drain", "heartbeats", "open_streams"]
 

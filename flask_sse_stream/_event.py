@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import InvalidEventError
+from ._errors import InvalidEventError
 
 __all__ = ["Comment", "Event", "JSONDumps", "encode"]
 

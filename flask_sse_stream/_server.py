@@ -15,9 +15,9 @@ from gevent.event import Event as Flag
 from gevent.pool import Pool
 from gevent.pywsgi import WSGIHandler, WSGIServer
 
+from ._cancel import SOCKET_KEY
+from ._stream import drain
 from ._transport import ENVIRON_KEY, Transport
-from .cancel import SOCKET_KEY
-from .stream import drain
 
 __all__ = ["SSEHandler", "TransportHandler", "serve"]
 

@@ -1,6 +1,6 @@
 """Brokers: how published events reach the subscriptions of a channel.
 
-:mod:`~flask_sse_stream.broker.base` holds the contract every broker
+:mod:`~flask_sse_stream._broker.base` holds the contract every broker
 follows; :class:`MemoryBroker` is the in-process default;
 :class:`RedisBroker` shares channels between processes and hosts through
 Redis (it needs the ``redis`` extra: ``pip install flask-sse-stream[redis]``,

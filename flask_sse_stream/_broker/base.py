@@ -3,7 +3,7 @@
 A broker carries events from publishers to the subscriptions of a channel and
 keeps a bounded history per channel so that a client that reconnects with
 the id of the last event it saw gets what it missed. Every broker (the
-in-process :class:`~flask_sse_stream.broker.memory.MemoryBroker`, the Redis
+in-process :class:`~flask_sse_stream._broker.memory.MemoryBroker`, the Redis
 broker) follows the rules written here and passes the same contract tests
 (``tests/broker/test_contract.py``).
 
@@ -50,8 +50,8 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Protocol, runtime_checkable
 
-from ..errors import SSEError
-from ..event import Event
+from .._errors import SSEError
+from .._event import Event
 
 __all__ = [
     "RESET_EVENT",

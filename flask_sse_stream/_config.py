@@ -44,7 +44,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ConfigError
+from ._errors import ConfigError
 
 __all__ = ["DEFAULTS", "Config"]
 

@@ -1,6 +1,6 @@
 """Where a Redis broker runs its commands: its home hub, and a pool of connections there.
 
-Every Redis command of a :class:`~flask_sse_stream.broker.RedisBroker` runs
+Every Redis command of a :class:`~flask_sse_stream._broker.RedisBroker` runs
 in one gevent hub, the one of the thread that built the broker (its
 *home*): redis-py's connections, and the greenlets that wait on them,
 belong to that hub. A call from another OS thread is handed to the home hub
@@ -9,7 +9,7 @@ and waited for (:meth:`Home.run`).
 In the home hub a small :class:`Pool` of connections runs the commands of
 any number of greenlets. A greenlet killed in the middle of a command
 leaves no half-read connection behind: the connection is closed (see
-:func:`~flask_sse_stream.broker._redis_wire.pipeline`).
+:func:`~flask_sse_stream._broker._redis_wire.pipeline`).
 """
 
 from __future__ import annotations

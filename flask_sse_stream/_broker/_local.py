@@ -1,8 +1,8 @@
 """What every broker does inside one process: ids, subscriber queues, fan-out.
 
 A broker gets events from somewhere (its own ``publish`` for
-:class:`~flask_sse_stream.broker.MemoryBroker`, a Redis pub/sub connection for
-:class:`~flask_sse_stream.broker.RedisBroker`) and hands each to the local
+:class:`~flask_sse_stream._broker.MemoryBroker`, a Redis pub/sub connection for
+:class:`~flask_sse_stream._broker.RedisBroker`) and hands each to the local
 subscriptions of its channel. That second half is the same for both, and
 lives here:
 
@@ -24,7 +24,7 @@ How it is built, and why:
   wait: nothing is allocated per subscriber per event. A full queue drops
   that subscriber; the publisher never waits.
 * A fan-out queues the waiters it wakes on their hub's waker and kicks
-  each waker once (see :mod:`~flask_sse_stream.broker._wakeup`).
+  each waker once (see :mod:`~flask_sse_stream._broker._wakeup`).
 * ``deque.append`` and ``deque.popleft`` are atomic under the GIL, which is
   what lets a publisher thread append to a queue that a greenlet of another
   thread pops from. The only compound step, "check the length, then
@@ -42,7 +42,7 @@ from typing import Any, Final, Self
 
 from gevent.hub import Waiter
 
-from ..event import Event
+from .._event import Event
 from ._wakeup import HubWaker, Subscriber, allocate_lock, current_waker, get_ident, wake
 
 __all__ = [

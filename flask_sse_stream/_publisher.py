@@ -8,7 +8,7 @@
     event_id = publisher.publish({"done": 42}, channel="jobs", event="progress")
 
 A :class:`Publisher` writes to the same Redis keys, with the same script, as
-the :class:`~flask_sse_stream.broker.RedisBroker` of the web processes, so
+the :class:`~flask_sse_stream._broker.RedisBroker` of the web processes, so
 every subscriber of the channel, on every worker, gets the event, with the
 same bytes as ``sse.publish`` would send, and clients that reconnect replay
 it. It needs no gevent and no monkey-patching: it is plain blocking redis-py,
@@ -26,11 +26,11 @@ from flask.json.provider import DefaultJSONProvider
 from redis import BlockingConnectionPool
 from redis.exceptions import RedisError
 
-from .broker._local import base36, check_sizes
-from .broker._redis_wire import Keys, Store, connection_factory, encode, pipeline, where
-from .broker.base import BrokerUnavailableError
-from .channels import check_channel
-from .event import Event, JSONDumps
+from ._broker._local import base36, check_sizes
+from ._broker._redis_wire import Keys, Store, connection_factory, encode, pipeline, where
+from ._broker.base import BrokerUnavailableError
+from ._channels import check_channel
+from ._event import Event, JSONDumps
 
 __all__ = ["Publisher"]
 
@@ -53,7 +53,7 @@ def flask_json_dumps(value: Any) -> str:
 
 
 class Publisher:
-    """Publishes events to the subscribers of a :class:`~flask_sse_stream.broker.RedisBroker`.
+    """Publishes events to the subscribers of a :class:`~flask_sse_stream._broker.RedisBroker`.
 
     :param url: the Redis URL the web app uses (``SSE_BROKER_URL``).
     :param key_prefix: the web app's key prefix.
@@ -63,7 +63,7 @@ class Publisher:
         default encodes as a Flask app with the default JSON provider does;
         pass your app's ``app.json.dumps`` if you changed it.
     :param timeout: seconds to connect, or to wait for a reply, before
-        :class:`~flask_sse_stream.broker.BrokerUnavailableError`.
+        :class:`~flask_sse_stream._broker.BrokerUnavailableError`.
     :param max_connections: connections kept for the threads that publish
         at once; a thread that finds none free waits for one up to ``timeout``.
     """

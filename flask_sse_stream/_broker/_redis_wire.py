@@ -22,7 +22,7 @@ This module holds the script, the key names, the codec of events
 (:func:`encode`, :func:`decode`), the connection settings read from a URL,
 how commands are sent (:func:`pipeline`), and :class:`Store`, which
 publishes and reads the history with them. It has no greenlets and no
-pool: a :class:`~flask_sse_stream.broker.RedisBroker` runs it in its hub,
+pool: a :class:`~flask_sse_stream._broker.RedisBroker` runs it in its hub,
 a ``Publisher`` from any thread.
 """
 
@@ -38,8 +38,8 @@ from typing import Any, Final
 from redis.connection import Connection, parse_url
 from redis.exceptions import NoScriptError, ResponseError
 
-from ..errors import InvalidEventError
-from ..event import Event, JSONDumps
+from .._errors import InvalidEventError
+from .._event import Event, JSONDumps
 from ._local import base36
 from .base import BrokerUnavailableError
 

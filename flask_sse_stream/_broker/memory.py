@@ -1,14 +1,14 @@
 """The in-process broker: channels, bounded history and fan-out in one process.
 
-:class:`MemoryBroker` follows the contract of :mod:`flask_sse_stream.broker.base`.
+:class:`MemoryBroker` follows the contract of :mod:`flask_sse_stream._broker.base`.
 It serves every subscriber of one process, whichever thread and gevent hub
 the subscriber runs in, and accepts events from any greenlet or thread.
 
 How it is built, and why:
 
 * The subscriber queues, the fan-out and the wake-ups across hubs are the
-  ones every broker shares (:mod:`flask_sse_stream.broker._local` and
-  :mod:`flask_sse_stream.broker._wakeup`, whose docstrings say how they work).
+  ones every broker shares (:mod:`flask_sse_stream._broker._local` and
+  :mod:`flask_sse_stream._broker._wakeup`, whose docstrings say how they work).
 * One real (never monkey-patched) lock guards the broker's state. A publish
   appends to the channel's history and to every subscriber's queue inside
   it, and a subscribe computes its replay and registers the subscriber
@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from ..event import Event
+from .._event import Event
 from ._local import (
     LocalFanOut,
     LocalSubscription,
