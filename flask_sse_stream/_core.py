@@ -36,6 +36,9 @@ def chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
+_HEARTBEAT_CHUNK: Final = chunk(HEARTBEAT)
+
+
 class _Identity(enum.Enum):
     # Members are singletons, so identity hashing is exact, and it is C code:
     # Enum's own __hash__ is a Python call, paid twice per transition (the
@@ -327,7 +330,7 @@ class StreamCore:
             return chunk(data)
         if self.state is State.IDLE and self.beat_due:
             self.beat_due = False
-            return chunk(HEARTBEAT)
+            return _HEARTBEAT_CHUNK
         return None
 
     def sent(self, frame: bytes, count: int) -> bool:
