@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: run run-htmx run-llm vendor test test-flask-next lint docs dist sdist-test bench bench-quick clean
+.PHONY: run run-htmx run-llm run-datastar vendor test test-flask-next lint docs dist sdist-test bench bench-quick clean
 
 # The project editable, with the `dev` dependency group of pyproject.toml
 # (test, lint and docs tools; groups need pip >= 25.1).
@@ -25,6 +25,9 @@ run-htmx: $(BIN)/.installed
 
 run-llm: $(BIN)/.installed
 	$(BIN)/flask-sse-stream serve examples.llm_tokens:app --host $(HOST) --port $(PORT)
+
+run-datastar: $(BIN)/.installed
+	$(BIN)/flask-sse-stream serve examples.datastar_counter:app --host $(HOST) --port $(PORT)
 
 # The browser libraries the examples serve (htmx, its sse extension,
 # eventsource-parser), from the npm registry into examples/static/vendor with
