@@ -30,6 +30,7 @@ from ._channels import check_channel, last_event_id
 from ._config import Config
 from ._errors import InvalidEventError
 from ._event import Comment, Event, JSONDumps
+from ._publish import event_to_publish
 from ._stream import CloseReason, EventStream, heartbeats, open_streams
 from ._transport import ENVIRON_KEY as TRANSPORT_KEY
 from .datastar import is_datastar_event, to_event
@@ -382,19 +383,8 @@ class SSE:
         check_channel(channel)
         state = self._state(app)
         dumps = (app or current_app).json.dumps
-        if isinstance(data, Event) or is_datastar_event(data):
-            if event is not None or id is not None or retry is not None:
-                raise TypeError(
-                    "publish() takes event, id and retry from the event it is given: "
-                    "set them on the event instead"
-                )
-            given = data if isinstance(data, Event) else to_event(data)
-            data, event, id, retry = given.data, given.event, given.id, given.retry
-            if data is not None and not isinstance(data, str):
-                data = dumps(data)
-        elif not isinstance(data, str):
-            data = dumps(data)
-        published = state.broker.publish(channel, Event(data, event=event, id=id, retry=retry))
+        item = event_to_publish(data, event=event, id=id, retry=retry, dumps=dumps)
+        published = state.broker.publish(channel, item)
         assert published.id is not None
         return published.id
 
