@@ -12,7 +12,7 @@ The page loads the Datastar client from ``/static/vendor/datastar/datastar.js``.
 Datastar 1.0 is not published on npm (the npm package stops at
 1.0.0-beta.11, which speaks the older ``datastar-merge-fragments`` events),
 so that file is not vendored here: download ``datastar.js`` of the Datastar
-1.0 release you use and put it there (``docs/patterns.md``).
+1.0 release you use and put it there (``docs/guide/datastar.md``).
 """
 
 from __future__ import annotations
