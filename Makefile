@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: run test test-flask-next lint docs dist sdist-test bench bench-quick clean
+.PHONY: run run-htmx run-llm run-datastar vendor test test-flask-next lint docs dist sdist-test bench bench-quick clean
 
 # The project editable, with the `dev` dependency group of pyproject.toml
 # (test, lint and docs tools; groups need pip >= 25.1).
@@ -18,6 +18,22 @@ $(BIN)/.installed: pyproject.toml
 
 run: $(BIN)/.installed
 	$(BIN)/flask-sse-stream serve examples.demo:app --host $(HOST) --port $(PORT)
+
+# The other examples (examples/*.py, each with a page in the guide), on the same address.
+run-htmx: $(BIN)/.installed
+	$(BIN)/flask-sse-stream serve examples.htmx_dashboard:app --host $(HOST) --port $(PORT)
+
+run-llm: $(BIN)/.installed
+	$(BIN)/flask-sse-stream serve examples.llm_tokens:app --host $(HOST) --port $(PORT)
+
+run-datastar: $(BIN)/.installed
+	$(BIN)/flask-sse-stream serve examples.datastar_counter:app --host $(HOST) --port $(PORT)
+
+# The browser libraries the examples serve (htmx, its sse extension,
+# eventsource-parser), from the npm registry into examples/static/vendor with
+# their licenses; the result is committed, so the examples need no npm.
+vendor: $(BIN)/.installed
+	$(BIN)/python examples/vendor.py
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check flask_sse_stream tests examples benchmarks docs/conf.py docs/examples

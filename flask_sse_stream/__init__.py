@@ -31,6 +31,8 @@ __all__ = [
     "SSEError",
     "Stats",
     "Subscription",
+    "completion_chunks",
+    "render_fragment",
     "serve",
 ]
 
@@ -54,6 +56,8 @@ _HOMES = {
     "Stats": "._extension",
     "serve": "._server",
     "CloseReason": "._stream",
+    "completion_chunks": "._tokens",
+    "render_fragment": "._fragments",
 }
 
 if TYPE_CHECKING:
@@ -71,9 +75,11 @@ if TYPE_CHECKING:
     from ._errors import ConfigError, InvalidEventError, SSEError
     from ._event import Comment, Event
     from ._extension import SSE, Stats
+    from ._fragments import render_fragment
     from ._publisher import Publisher
     from ._server import serve
     from ._stream import CloseReason
+    from ._tokens import completion_chunks
 
 
 def __getattr__(name: str) -> Any:

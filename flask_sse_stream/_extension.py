@@ -30,8 +30,10 @@ from ._channels import check_channel, last_event_id
 from ._config import Config
 from ._errors import InvalidEventError
 from ._event import Comment, Event, JSONDumps
+from ._publish import event_to_publish
 from ._stream import CloseReason, EventStream, heartbeats, open_streams
 from ._transport import ENVIRON_KEY as TRANSPORT_KEY
+from .datastar import is_datastar_event, to_event
 
 __all__ = ["SSE", "Stats", "stream_headers"]
 
@@ -123,11 +125,11 @@ def encoder(dumps: JSONDumps) -> Callable[[Any], bytes]:
                 if type(item) is not str:
                     return Event(item).encode()
             elif isinstance(item, str):
-                return Event(item).encode()
+                return (to_event(item) if is_datastar_event(item) else Event(item)).encode()
             else:
                 raise InvalidEventError(
-                    "a stream may yield an Event, a Comment, a str (the data) or a dict "
-                    f"or list (sent as JSON), not {type(item).__name__}"
+                    "a stream may yield an Event, a Comment, a str (the data), a dict "
+                    f"or list (sent as JSON) or a datastar-py event, not {type(item).__name__}"
                 )
         # One line of text is most of what streams send: its frame is a single
         # data line, and building an Event for it costs more than the rest of
@@ -209,6 +211,18 @@ def _hold() -> Iterator[str]:
     held = stream_with_context(iter(("",)))
     next(held)
     return held
+
+
+def read_body() -> None:
+    """Read the request's body now, before the stream starts (it stays in ``request``).
+
+    A stream watches the client's socket to see it close; body bytes still
+    unread there would make it readable, which is not a close, and the
+    watch would be spent on them. A ``POST`` view's generator then still
+    calls ``request.get_json()`` as usual, from the cached body.
+    """
+    if request.content_length or "chunked" in request.headers.get("Transfer-Encoding", ""):
+        request.get_data(cache=True)
 
 
 class _ViewContexts:
@@ -351,23 +365,26 @@ class SSE:
         event: str | None = None,
         id: str | None = None,
         retry: int | None = None,
+        app: Flask | None = None,
     ) -> str:
         """Send an event to every subscriber of ``channel``; return its id.
 
-        ``data`` is a ``str`` or anything the app's JSON provider encodes. The
-        broker assigns an id when none is given. Works in a view, in a
-        greenlet or thread with an application context
-        (``with app.app_context(): sse.publish(...)``); the event is encoded
-        once and every subscriber gets the same bytes.
+        ``data`` is a ``str`` or anything the app's JSON provider encodes, or
+        a whole event: an :class:`Event` or a datastar-py event, whose own
+        fields are used (then ``event``, ``id`` and ``retry`` must not be
+        given). The broker assigns an id when none is given. Works in a view,
+        or in a greenlet or thread given the application (``app=app``) or
+        inside ``with app.app_context():``; the event is encoded once and
+        every subscriber gets the same bytes.
 
         :raises InvalidEventError: if a field cannot be sent.
         :raises InvalidChannelError: if ``channel`` is not a valid name.
         """
         check_channel(channel)
-        state = self._state()
-        if not isinstance(data, str):
-            data = current_app.json.dumps(data)
-        published = state.broker.publish(channel, Event(data, event=event, id=id, retry=retry))
+        state = self._state(app)
+        dumps = (app or current_app).json.dumps
+        item = event_to_publish(data, event=event, id=id, retry=retry, dumps=dumps)
+        published = state.broker.publish(channel, item)
         assert published.id is not None
         return published.id
 
@@ -469,8 +486,8 @@ class SSE:
             "heartbeats": {way: heartbeats[way] for way in ("direct", "handler")},
         }
 
-    def _state(self) -> _AppState:
-        state = current_app.extensions.get("sse")
+    def _state(self, app: Flask | None = None) -> _AppState:
+        state = (app or current_app).extensions.get("sse")
         if state is None:
             raise RuntimeError(
                 "SSE is not registered with this Flask app: call sse.init_app(app) "
@@ -520,6 +537,8 @@ class SSE:
         preamble = Event(None, retry=retry_ms).encode() if retry_ms is not None else b":\n\n"
         app = current_app._get_current_object()  # type: ignore[attr-defined]
         environ = request.environ if has_request_context() else {}
+        if environ:
+            read_body()
         callbacks = tuple(self._on_close)
         closed = state.closed
 

@@ -30,7 +30,8 @@ from ._broker._local import base36, check_sizes
 from ._broker._redis_wire import Keys, Store, connection_factory, encode, pipeline, where
 from ._broker.base import BrokerUnavailableError
 from ._channels import check_channel
-from ._event import Event, JSONDumps
+from ._event import JSONDumps
+from ._publish import event_to_publish
 
 __all__ = ["Publisher"]
 
@@ -107,7 +108,8 @@ class Publisher:
     ) -> str:
         """Send an event to every subscriber of ``channel``; return its id.
 
-        The arguments are those of ``sse.publish``. Blocks until Redis has
+        The arguments are those of ``sse.publish`` (``data`` may be a whole
+        :class:`Event` or a datastar-py event). Blocks until Redis has
         stored and published the event (one round trip).
 
         :raises InvalidEventError: if a field cannot be sent.
@@ -116,9 +118,7 @@ class Publisher:
             the event may or may not have been published.
         """
         check_channel(channel)
-        if not isinstance(data, str):
-            data = self._dumps(data)
-        stored = Event(data, event=event, id=id, retry=retry)
+        stored = event_to_publish(data, event=event, id=id, retry=retry, dumps=self._dumps)
         epoch, n = self._store.publish(channel, encode(stored, self._dumps))
         return stored.id if stored.id is not None else f"{epoch}-{base36(n)}"
 
