@@ -20,6 +20,7 @@ __all__ = [
     "BrokerStats",
     "BrokerUnavailableError",
     "CloseReason",
+    "ClusterBroker",
     "Comment",
     "ConfigError",
     "Event",
@@ -43,6 +44,7 @@ _HOMES = {
     "Subscription": "._broker",
     "BrokerUnavailableError": "._broker",
     "RedisBroker": "._broker.redis",
+    "ClusterBroker": "._broker.cluster",
     "Publisher": "._publisher",
     "InvalidChannelError": "._channels",
     "ConfigError": "._errors",
@@ -66,6 +68,7 @@ if TYPE_CHECKING:
         MemoryBroker,
         Subscription,
     )
+    from ._broker.cluster import ClusterBroker
     from ._broker.redis import RedisBroker
     from ._channels import InvalidChannelError
     from ._errors import ConfigError, InvalidEventError, SSEError
