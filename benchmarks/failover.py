@@ -69,8 +69,7 @@ def _check(numbers: list[int], ok: list[int]) -> None:
 def run(topology: str, binary: str) -> dict[str, float]:
     from redis_server import ClusterGroup, SentinelGroup
 
-    from flask_sse_stream import Event
-    from flask_sse_stream import BrokerUnavailableError, ClusterBroker, RedisBroker
+    from flask_sse_stream import BrokerUnavailableError, ClusterBroker, Event, RedisBroker
 
     group: Any = SentinelGroup(binary) if topology == "sentinel" else ClusterGroup(binary)
     with group:
