@@ -175,6 +175,10 @@ class Links:
         self.rehomed: dict[str, int] = {}
         """Per channel, how often it was homed again (a subscriber checks it did not miss one)."""
         self._homeless: set[str] = set()
+        # Channels being homed again: their live events wait here until the
+        # gap fill has read the stream (else a live event would move the
+        # position past events the fill has not read yet).
+        self._filling: dict[str, list[tuple[int, bytes]]] = {}
         self._release_requested = False
         self._wake = gevent.event.Event()
         self._keeper: gevent.Greenlet[[], None] | None = None
@@ -219,6 +223,8 @@ class Links:
             link.leaving[name] = link.leaving.get(name, 0) + 1
             link.send(("SUNSUBSCRIBE", self._keys.shard_channel(name)))
         self._homeless &= wanted
+        for name in [name for name in self._filling if name not in self._homeless]:
+            del self._filling[name]
         for address, link in list(self._links.items()):
             if not link.channels and not link.dead:
                 del self._links[address]
@@ -274,6 +280,10 @@ class Links:
         if epoch.decode() != self._store.epoch():
             log.warning("Ignored an event of another epoch on %r", name)
             return
+        waiting = self._filling.get(name)
+        if waiting is not None:
+            waiting.append((n, blob))
+            return
         if n <= self.position.get(name, 0):
             return  # the last gap fill delivered it
         self.position[name] = n
@@ -321,6 +331,8 @@ class Links:
                 link.channels.discard(name)
                 del self._home_of[name]
         self._homeless |= names
+        for name in names:
+            self._filling.setdefault(name, [])
         self._wake.set()
 
     # Homing channels again, and health checks.
@@ -360,6 +372,9 @@ class Links:
         wanted = self._channels()
         names = sorted(self._homeless & wanted)
         self._homeless &= wanted
+        for name in list(self._filling):
+            if name not in wanted:
+                del self._filling[name]
         if not names:
             return
         self._topology.refresh()
@@ -369,6 +384,11 @@ class Links:
             self.rehomed[name] = self.rehomed.get(name, 0) + 1
             self._fill(name)
             self._homeless.discard(name)
+            # What came live meanwhile, after what the fill read.
+            for n, blob in self._filling.pop(name, []):
+                if n > self.position.get(name, 0):
+                    self.position[name] = n
+                    self._on_event(name, n, blob)
         log.warning("Subscribed %d channel(s) again and filled their gaps", len(names))
 
     def _fill(self, name: str) -> None:

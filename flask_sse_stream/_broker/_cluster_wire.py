@@ -254,7 +254,6 @@ class Topology:
         self._lock = threading.Lock()
         # (first slot, last slot, primary), sorted; empty until asked.
         self._ranges: list[tuple[int, int, Address]] = []
-
         self.version = 0
         """How many slot maps were read: a shard link compares it to its own."""
 
@@ -334,18 +333,19 @@ class Topology:
         """
         for attempt in range(6):
             replies = self._execute_on(self.node_of(key), commands, then)
-            problem = next((r for r in replies if isinstance(r, ResponseError)), None)
+            # Only the first reply can say the commands went to the wrong node
+            # (they are about one slot); an error after it is theirs to judge.
+            problem = replies[0] if isinstance(replies[0], ResponseError) else None
             if problem is None:
                 return replies
             text = str(problem)
             if text.startswith("ASK "):
                 host, _, port = text.split()[2].rpartition(":")
                 after_asking = None if then is None else _skip_first(then)
-                asked = self._execute_on((host, int(port)), [("ASKING",), *commands], after_asking)[
-                    1:
-                ]
-                if not any(_redirected(r) for r in asked):
-                    return asked
+                target = (host, int(port))
+                asked = self._execute_on(target, [("ASKING",), *commands], after_asking)
+                if not _redirected(asked[1]):
+                    return asked[1:]
             elif text.startswith("MOVED "):
                 self.refresh()
                 continue
