@@ -326,3 +326,52 @@ def test_a_channel_left_and_taken_again_at_once_is_not_taken_for_a_moved_one(
         assert "Lost" not in caplog.text
     finally:
         broker.close()
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(60)
+def test_pubsub_connections_cut_again_and_again_under_load_lose_and_repeat_nothing(
+    cluster_group: ClusterGroup,
+) -> None:
+    # Each cut: the channels are subscribed again and their gaps filled while
+    # the publisher goes on; a live event must not overtake the gap fill.
+    prefix = f"t{uuid.uuid4().hex[:8]}:"
+    subscribing, publishing_broker = (
+        _broker(cluster_group.url(), prefix),
+        _broker(cluster_group.url(), prefix),
+    )
+    readers = [Reader(subscribing.subscribe([name])) for name in SHARDS]
+    readers.append(Reader(subscribing.subscribe(SHARDS)))
+    ok: dict[str, list[int]] = {c: [] for c in SHARDS}
+    running = True
+
+    def publish() -> None:
+        number = 0
+        while running:
+            for channel in SHARDS:
+                publishing_broker.publish(channel, Event(f"{channel}:{number}"))
+                ok[channel].append(number)
+            number += 1
+            gevent.sleep(0.001)
+
+    publisher = gevent.spawn(publish)
+    try:
+        for _ in range(6):
+            wait_until(lambda: len(readers[-1].events) >= 30, 20, "events before the cut")
+            mark = len(readers[-1].events)
+            for node in cluster_group.nodes[:3]:
+                node.client_kill(_type="pubsub")
+            wait_until(lambda m=mark: len(readers[-1].events) >= m + 60, 20, "events after it")
+    finally:
+        running = False
+        publisher.join(10)
+    for reader in readers:
+        for channel in reader.subscription.channels:
+            last = ok[channel][-1]
+            wait_until(lambda r=reader, c=channel, n=last: n in r.numbers(c), 20, "the last event")
+        reader.close()
+    for reader in readers:
+        for channel in reader.subscription.channels:
+            check_exactly_once(reader, channel, ok[channel], [])
+    subscribing.close()
+    publishing_broker.close()
