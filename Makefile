@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: run run-htmx run-llm run-datastar vendor test test-flask-next lint docs dist sdist-test bench bench-quick clean
+.PHONY: run run-htmx run-llm run-datastar vendor test test-flask-next lint docs dist sdist-test bench bench-quick soak-failover clean
 
 # The project editable, with the `dev` dependency group of pyproject.toml
 # (test, lint and docs tools; groups need pip >= 25.1).
@@ -66,6 +66,19 @@ test: lint docs dist
 	$(BIN)/pytest $(PYTEST_ARGS)
 	$(BIN)/python -m gevent.monkey --module pytest -p no:cacheprovider tests/broker -m redis
 	$(MAKE) test-flask-next
+
+# Long failover runs, not in `make test`: the tests that kill a Sentinel or
+# cluster primary (or move a slot) under 100 events/s, ROUNDS times each
+# (about 2.5 minutes a round on 2 cores). They need redis-server 7 on PATH.
+ROUNDS ?= 10
+
+soak-failover: $(BIN)/.installed
+	@set -e; for round in $$(seq $(ROUNDS)); do \
+		echo "soak-failover: round $$round of $(ROUNDS)"; \
+		$(BIN)/python -m gevent.monkey --module pytest -p no:cacheprovider -q -s \
+			tests/broker/test_sentinel.py tests/broker/test_cluster.py -m redis -k "killing or moving"; \
+		$(BIN)/pytest -p no:cacheprovider -q -s tests/e2e/test_e2e_failover.py; \
+	done
 
 # The extension, views, stream and end-to-end tests against a wheel of Flask's
 # unreleased main branch (../shared/upstream, see its README), in a throwaway

@@ -20,6 +20,7 @@ __all__ = [
     "BrokerStats",
     "BrokerUnavailableError",
     "CloseReason",
+    "ClusterBroker",
     "Comment",
     "ConfigError",
     "Event",
@@ -45,6 +46,7 @@ _HOMES = {
     "Subscription": "._broker",
     "BrokerUnavailableError": "._broker",
     "RedisBroker": "._broker.redis",
+    "ClusterBroker": "._broker.cluster",
     "Publisher": "._publisher",
     "InvalidChannelError": "._channels",
     "ConfigError": "._errors",
@@ -70,6 +72,7 @@ if TYPE_CHECKING:
         MemoryBroker,
         Subscription,
     )
+    from ._broker.cluster import ClusterBroker
     from ._broker.redis import RedisBroker
     from ._channels import InvalidChannelError
     from ._errors import ConfigError, InvalidEventError, SSEError

@@ -30,8 +30,12 @@ Key                        Default  Meaning
                                     format at the blueprint's ``/metrics``.
 ``SSE_BROKER_URL``         ``None`` ``redis://host:port/db`` (or ``rediss://``,
                                     ``unix://``) to share events between
-                                    processes through Redis; ``None``: the
-                                    in-process broker.
+                                    processes through Redis;
+                                    ``redis+sentinel://h:26379,.../service``
+                                    behind Redis Sentinel;
+                                    ``redis+cluster://h:7000,...`` across a
+                                    Redis Cluster; ``None``: the in-process
+                                    broker.
 ``SSE_KEY_PREFIX``         ``sse:`` Prefix of every Redis key the broker uses.
 =========================  =======  ==============================================
 
@@ -122,7 +126,9 @@ def broker_url(name: str, value: Any) -> str | None:
     """Check a broker URL: ``None`` (in-process) or a Redis URL."""
     if value is None:
         return None
-    if not isinstance(value, str) or not value.startswith(("redis://", "rediss://", "unix://")):
+    if not isinstance(value, str) or not value.startswith(
+        ("redis://", "rediss://", "unix://", "redis+sentinel://", "redis+cluster://")
+    ):
         raise ConfigError(
             f"{name} must be None (the in-process broker) or a Redis URL such as "
             f"'redis://localhost:6379/0', got {str(value)[:80]!r}"

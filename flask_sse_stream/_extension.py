@@ -190,6 +190,15 @@ def make_broker(config: Config) -> Broker:
     url = config.broker_url
     if url is None:
         return MemoryBroker(history_size=config.history_size, queue_size=config.queue_size)
+    if url.startswith("redis+cluster://"):
+        from ._broker.cluster import ClusterBroker  # needs the redis extra
+
+        return ClusterBroker(
+            url,
+            history_size=config.history_size,
+            queue_size=config.queue_size,
+            key_prefix=config.key_prefix,
+        )
     from ._broker.redis import RedisBroker  # needs the redis extra
 
     return RedisBroker(

@@ -69,7 +69,17 @@ from ._local import (
 )
 from ._redis_home import Home, Pool
 from ._redis_link import Gap, Link
-from ._redis_wire import Keys, Snapshot, Store, connection_factory, decode, encode, where
+from ._redis_wire import (
+    Keys,
+    Snapshot,
+    Store,
+    close_sentinels,
+    connection_factory,
+    decode,
+    encode,
+    replicas_to_wait,
+    where,
+)
 from ._wakeup import Subscriber, get_ident, wake
 from .base import (
     RESET_EVENT,
@@ -126,7 +136,12 @@ class RedisBroker(LocalFanOut):
     """A broker shared through Redis by every process and host; see the module docstring.
 
     :param url: ``redis://[[user]:password@]host[:port][/db]``,
-        ``rediss://`` (TLS) or ``unix:///path/to/socket[?db=N]``.
+        ``rediss://`` (TLS), ``unix:///path/to/socket[?db=N]``, or
+        ``redis+sentinel://[[user]:password@]host:26379,host2:26379/service[/db]``
+        for a primary that Redis Sentinel fails over: every connection asks
+        the sentinels where the primary is, and a publish waits until one
+        replica holds the event (``?wait=N``: N replicas, ``?wait=0``: none;
+        ``?sentinel_password=`` if the sentinels want one).
     :param history_size: events kept per channel for replay (Redis stream
         ``MAXLEN``; Redis may keep a few more, never fewer).
     :param queue_size: live events a local subscription may have waiting
@@ -185,7 +200,13 @@ class RedisBroker(LocalFanOut):
         )
         self._where = where(kwargs)
         self._pool = Pool(functools.partial(cls, **kwargs), max_connections, timeout, self._where)
-        self._store = Store(self._pool.execute, self._keys, history_size)
+        self._store = Store(
+            self._pool.execute,
+            self._keys,
+            history_size,
+            replicas=replicas_to_wait(url),
+            timeout=self._timeout,
+        )
         sub_cls, sub_kwargs = connection_factory(
             url,
             timeout=timeout,
@@ -195,6 +216,7 @@ class RedisBroker(LocalFanOut):
         )
         # Where every Redis command runs.
         self._home = Home(self._timeout)
+        self._sentinel_kwargs = (kwargs, sub_kwargs)
         self._is_forked = False
         self._link = Link(
             connect=functools.partial(sub_cls, socket_keepalive=True, **sub_kwargs),
@@ -520,6 +542,8 @@ class RedisBroker(LocalFanOut):
         _brokers.discard(self)
         self._link.close()
         self._home.call(self._pool.close)
+        for kwargs in self._sentinel_kwargs:
+            self._home.call(functools.partial(close_sentinels, kwargs))
 
     def _forked(self) -> None:
         """In a child process: let go of the parent's connections without touching them."""
