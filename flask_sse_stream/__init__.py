@@ -26,6 +26,7 @@ __all__ = [
     "InvalidChannelError",
     "InvalidEventError",
     "MemoryBroker",
+    "Presence",
     "Publisher",
     "RedisBroker",
     "SSEError",
@@ -43,6 +44,7 @@ _HOMES = {
     "Subscription": "._broker",
     "BrokerUnavailableError": "._broker",
     "RedisBroker": "._broker.redis",
+    "Presence": "._presence",
     "Publisher": "._publisher",
     "InvalidChannelError": "._channels",
     "ConfigError": "._errors",
@@ -71,6 +73,7 @@ if TYPE_CHECKING:
     from ._errors import ConfigError, InvalidEventError, SSEError
     from ._event import Comment, Event
     from ._extension import SSE, Stats
+    from ._presence import Presence
     from ._publisher import Publisher
     from ._server import serve
     from ._stream import CloseReason
