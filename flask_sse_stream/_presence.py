@@ -306,7 +306,9 @@ class Tracker:
             self._wanted.clear()
             try:
                 self.flush()
-            except (BrokerUnavailableError, BrokerClosedError) as exc:
+            except BrokerClosedError:
+                return
+            except BrokerUnavailableError as exc:
                 log.warning("Could not update presence in the broker, retrying: %s", str(exc))
                 gevent.sleep(1.0)
                 self._wanted.set()
