@@ -68,6 +68,14 @@ def workers(
     }
     server = start_command("gunicorn-presence", port, command, tmp_path, env=env)
     try:
+        # Both workers up first: on a busy machine the second may boot seconds later.
+        answered: set[str] = set()
+        wait_for(
+            lambda: answered.add(get_raw(server, "/health")[2]) or len(answered) == 2,
+            30,
+            0.02,
+            "the second worker never answered",
+        )
         yield server
     finally:
         server.stop()
@@ -93,24 +101,31 @@ def on_both_workers(
     server: Server, opened: list[Subscriber], channel: str, users: list[str]
 ) -> list[Subscriber]:
     """One browser per user, opened again until the users are on both workers."""
+    deadline = time.monotonic() + 30
     while True:
         subs = [open_browser(server, opened, f"channel={channel}&user={u}") for u in users]
         if len({s.worker for s in subs}) == 2:
             return subs
         for sub in subs:
             sub.close()
-        assert len(opened) < 40 * len(users), "gunicorn never used the second worker"
+        assert time.monotonic() < deadline, "gunicorn never used the second worker"
 
 
-def get(server: Server, path: str) -> tuple[int, Any, str]:
-    """One request on a new connection: status, JSON body, the worker that answered."""
+def get_raw(server: Server, path: str) -> tuple[int, bytes, str]:
+    """One request on a new connection: status, body, the worker that answered."""
     conn = http.client.HTTPConnection(HOST, server.port, timeout=10)
     try:
         conn.request("GET", path, headers={"Connection": "close"})
         response = conn.getresponse()
-        return response.status, json.loads(response.read()), response.getheader("X-Worker", "")
+        return response.status, response.read(), response.getheader("X-Worker", "")
     finally:
         conn.close()
+
+
+def get(server: Server, path: str) -> tuple[int, Any, str]:
+    """One request on a new connection: status, JSON body, the worker that answered."""
+    status, body, worker = get_raw(server, path)
+    return status, json.loads(body), worker
 
 
 def post(server: Server, path: str) -> None:
