@@ -27,6 +27,7 @@ __all__ = [
     "InvalidChannelError",
     "InvalidEventError",
     "MemoryBroker",
+    "Presence",
     "Publisher",
     "RedisBroker",
     "SSEError",
@@ -47,6 +48,7 @@ _HOMES = {
     "BrokerUnavailableError": "._broker",
     "RedisBroker": "._broker.redis",
     "ClusterBroker": "._broker.cluster",
+    "Presence": "._presence",
     "Publisher": "._publisher",
     "InvalidChannelError": "._channels",
     "ConfigError": "._errors",
@@ -79,6 +81,7 @@ if TYPE_CHECKING:
     from ._event import Comment, Event
     from ._extension import SSE, Stats
     from ._fragments import render_fragment
+    from ._presence import Presence
     from ._publisher import Publisher
     from ._server import serve
     from ._stream import CloseReason

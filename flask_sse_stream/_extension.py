@@ -30,6 +30,7 @@ from ._channels import check_channel, last_event_id
 from ._config import Config
 from ._errors import InvalidEventError
 from ._event import Comment, Event, JSONDumps
+from ._presence import MemoryStore, Presence, Store, Tracker
 from ._publish import event_to_publish
 from ._stream import CloseReason, EventStream, heartbeats, open_streams
 from ._transport import ENVIRON_KEY as TRANSPORT_KEY
@@ -57,6 +58,8 @@ class _Default:
 _HEARTBEAT_FROM_CONFIG: Final = _Default("SSE_HEARTBEAT_INTERVAL")
 _RETRY_FROM_CONFIG: Final = _Default("SSE_RETRY")
 _LAST_ID_FROM_REQUEST: Final = _Default("the request's Last-Event-ID")
+IDENTITY_KEY: Final = "flask_sse_stream.identity"
+"""Where ``_is_allowed`` keeps the identity the authorization hook returned."""
 
 
 class Stats(TypedDict):
@@ -155,6 +158,8 @@ class _AppState:
     _broker_pid: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _encoder: tuple[JSONDumps, Callable[[Any], bytes]] | None = None
+    _tracker: Tracker | None = None
+    _tracker_of: Broker | None = None
 
     def item_encoder(self, dumps: JSONDumps) -> Callable[[Any], bytes]:
         """The :func:`encoder` for ``dumps``, built once per application.
@@ -183,6 +188,40 @@ class _AppState:
                     self._broker_pid = os.getpid()
                 broker = self._broker
         return broker
+
+    @property
+    def tracker(self) -> Tracker:
+        """This process's presence tracker, made with its broker (``SSE_PRESENCE``)."""
+        broker = self.broker
+        tracker = self._tracker
+        if tracker is None or self._tracker_of is not broker:
+            with self._lock:
+                if self._tracker is None or self._tracker_of is not broker:
+                    self._tracker = make_tracker(self.config, broker)
+                    self._tracker_of = broker
+                tracker = self._tracker
+        return tracker
+
+
+def make_tracker(config: Config, broker: Broker) -> Tracker:
+    """The presence tracker for ``broker``: counts in Redis with the Redis broker."""
+    store: Store
+    renew_every = None
+    if config.broker_url is None:
+        store = MemoryStore()
+    else:
+        from ._broker._presence_redis import RedisStore
+
+        execute = broker.execute  # type: ignore[attr-defined]
+        store = RedisStore(execute, config.key_prefix, config.presence_ttl)
+        renew_every = config.presence_ttl / 3
+    return Tracker(
+        store,
+        broker,
+        events=config.presence_events,
+        grace=config.presence_grace,
+        renew_every=renew_every,
+    )
 
 
 def make_broker(config: Config) -> Broker:
@@ -321,7 +360,9 @@ class SSE:
 
     def __init__(self, app: Flask | None = None) -> None:
         self._on_close: list[OnClose] = []
-        self._authorize: Callable[[str], bool] | None = None
+        self._authorize: Callable[[str], Any] | None = None
+        self._identify: Callable[[], Any] | None = None
+        self._admin_check: Callable[[], bool] | None = None
         self._blueprint: Blueprint | None = None
         if app is not None:
             self.init_app(app)
@@ -443,19 +484,76 @@ class SSE:
             )
         return self._state().broker.subscribe(channels, last_id)
 
-    def authorize(self, callback: Callable[[str], bool]) -> Callable[[str], bool]:
-        """Register ``callback(channel) -> bool`` to decide, per request, who may subscribe.
+    def authorize(self, callback: Callable[[str], Any]) -> Callable[[str], Any]:
+        """Register ``callback(channel)`` to decide, per request, who may subscribe.
 
-        It runs in the request context of a blueprint stream, once per
-        requested channel; ``False`` answers 403 naming the channel. Without
-        one, every valid channel is allowed. Usable as a decorator.
+        It runs in the request context of a blueprint stream (and of the
+        blueprint's ``/presence``), once per requested channel; a false
+        value answers 403 naming the channel. Without one, every valid
+        channel is allowed. A true value other than ``True`` is the
+        stream's identity for presence, unless ``@sse.identify`` gives one
+        (see :meth:`presence`). Usable as a decorator.
         """
         self._authorize = callback
         return callback
 
+    def identify(self, callback: Callable[[], Any]) -> Callable[[], Any]:
+        """Register ``callback() -> identity`` to say whom a blueprint stream belongs to.
+
+        It runs in the request context of each blueprint stream, after the
+        authorization, when ``SSE_PRESENCE`` is on. The identity is any
+        short JSON-able value, such as ``{"id": 7, "name": "Ada"}``; ``None``
+        means anonymous (counted, not listed). Usable as a decorator.
+        """
+        self._identify = callback
+        return callback
+
+    def admin_check(self, callback: Callable[[], bool]) -> Callable[[], bool]:
+        """Register ``callback() -> bool``: may this request see the operator page?
+
+        It runs in the request context of the blueprint's ``/admin`` pages,
+        which ``SSE_ADMIN = True`` turns on; without a check they answer 403.
+        Usable as a decorator.
+        """
+        self._admin_check = callback
+        return callback
+
+    def presence(self, channel: str) -> Presence:
+        """Who is subscribed to ``channel`` through the blueprint right now.
+
+        Each identity once, however many tabs, workers and hosts it has
+        open, and the number of connections (anonymous ones included).
+        With the Redis broker it covers every worker and host sharing the
+        ``SSE_KEY_PREFIX``; a worker that died without cleaning up drops
+        out within ``SSE_PRESENCE_TTL`` seconds. Waits for Redis.
+
+        :raises RuntimeError: if ``SSE_PRESENCE`` is off.
+        :raises InvalidChannelError: if ``channel`` is not a valid name.
+        :raises BrokerUnavailableError: if Redis cannot be reached in time.
+        """
+        check_channel(channel)
+        state = self._state()
+        if not state.config.presence:
+            raise RuntimeError(
+                "presence is off: set SSE_PRESENCE = True (or a list of channel patterns "
+                "that also get join and leave events) before init_app"
+            )
+        return state.tracker.presence(channel)
+
     def _is_allowed(self, channel: str) -> bool:
         """Ask the authorization hook whether this request may subscribe to ``channel``."""
-        return self._authorize is None or bool(self._authorize(channel))
+        if self._authorize is None:
+            return True
+        verdict = self._authorize(channel)
+        if verdict and verdict is not True and has_request_context():
+            request.environ.setdefault(IDENTITY_KEY, verdict)
+        return bool(verdict)
+
+    def _identity(self) -> Any:
+        """This request's identity: ``@sse.identify``'s, else the authorization's."""
+        if self._identify is not None:
+            return self._identify()
+        return request.environ.get(IDENTITY_KEY)
 
     def _refuse_if_full(self) -> Response | None:
         """Return a 503 response if ``SSE_MAX_CONNECTIONS`` streams are open, else ``None``."""

@@ -11,7 +11,9 @@ channels, replaying what the client missed when it reconnects with
 
 ``OPTIONS`` answers CORS preflights for the origins in ``SSE_CORS_ORIGINS``.
 With ``SSE_METRICS``, ``GET <prefix>/metrics`` serves :meth:`SSE.stats` in
-the Prometheus text format.
+the Prometheus text format. ``GET <prefix>/presence`` (``SSE_PRESENCE``) and
+the operator page at ``<prefix>/admin`` (``SSE_ADMIN``) are in
+:mod:`flask_sse_stream._presence_views` and :mod:`flask_sse_stream._admin`.
 """
 
 from __future__ import annotations
@@ -76,6 +78,9 @@ def _refusal(sse: SSE, channels: list[str]) -> Response | None:
 
 def make_blueprint(sse: SSE) -> Blueprint:
     """Build the blueprint of one :class:`SSE` (see :attr:`SSE.blueprint`)."""
+    from ._admin import add_admin_routes
+    from ._presence_views import add_presence_routes, identity_of_request, track
+
     blueprint = Blueprint("sse", __name__)
 
     @blueprint.route("/", methods=["GET", "OPTIONS"], strict_slashes=False)
@@ -90,6 +95,7 @@ def make_blueprint(sse: SSE) -> Blueprint:
         last_id = last_event_id(
             request.headers.get("Last-Event-ID"), request.args.get("lastEventId")
         )
+        identity = identity_of_request(sse)
         try:
             subscription = sse.subscribe(channels, last_id=last_id)
         except BrokerUnavailableError:
@@ -97,7 +103,10 @@ def make_blueprint(sse: SSE) -> Blueprint:
             response = error(503, "events are unavailable right now, retry later")
             response.headers["Retry-After"] = "5"
             return cors_headers(config, response)
-        return cors_headers(config, sse.response(subscription))
+        response = sse.response(subscription)
+        if identity is not None and response.status_code == 200 and request.method == "GET":
+            track(sse, channels, identity, subscription)
+        return cors_headers(config, response)
 
     @blueprint.get("/metrics")
     def metrics() -> Response:
@@ -107,4 +116,6 @@ def make_blueprint(sse: SSE) -> Blueprint:
             prometheus_text(sse.stats()), content_type="text/plain; version=0.0.4"
         )
 
+    add_presence_routes(blueprint, sse)
+    add_admin_routes(blueprint, sse)
     return blueprint

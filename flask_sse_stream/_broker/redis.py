@@ -51,7 +51,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from gevent import monkey
 
@@ -551,6 +551,18 @@ class RedisBroker(LocalFanOut):
         self._closed = True
         self._link.forked()
         self._pool.close()
+
+    def execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Run raw ``commands`` on a pooled connection, in one round trip; their replies.
+
+        For the library's own parts beside the channels (presence, the
+        operator page). An error reply comes back in its place.
+
+        :raises BrokerUnavailableError: if Redis cannot be reached in time.
+        :raises BrokerClosedError: after :meth:`close`.
+        """
+        self._check_usable("execute")
+        return self._home.run(self._pool.execute, commands)
 
     def stats(self) -> BrokerStats:
         """This process's counters; see :class:`BrokerStats` (``history`` is 0)."""
