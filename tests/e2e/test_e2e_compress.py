@@ -16,8 +16,9 @@ import socket
 import time
 
 import pytest
+import requests
 
-from flask_sse_stream.testing import decoder
+from flask_sse_stream.testing import decoder, iter_events
 
 from .helpers import BESIDE, HOST, RawClient, Server, wait_for
 
@@ -114,3 +115,21 @@ def server_post(server: Server, path: str) -> tuple[int, bytes]:
             data += part
     head, _, body = data.partition(b"\r\n\r\n")
     return int(head.split()[1]), body
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_requests_and_iter_events_decode_event_by_event(server: Server, encoding: str) -> None:
+    """``requests`` (urllib3) decodes gzip and br as chunks arrive; the testing helper reads it."""
+    url = f"http://{HOST}:{server.port}/compressed?n={N}&gap=0.25"
+    arrived = []
+    with requests.get(
+        url, stream=True, timeout=5, headers={"Accept-Encoding": encoding}
+    ) as response:
+        assert response.headers["Content-Encoding"] == encoding
+        for event in iter_events(response):
+            arrived.append((time.monotonic(), json.loads(event.data)))
+            if len(arrived) == N:
+                break
+    assert [data["i"] for _, data in arrived] == list(range(N))
+    for (at, _), (_, following) in itertools.pairwise(arrived):
+        assert at < following["made"], "an event was read only after the next was made"
