@@ -127,12 +127,21 @@ def frames(kind: str, count: int, seed: int = 15) -> list[bytes]:
             Event(html_event(rng, stamp + i), event="datastar-patch-elements").encode()
             for i in range(count)
         ]
-    # "stamped": the 64-byte events of the fan-out benchmark, padded to a size.
+    # "json64" .. "json4096": JSON events of about that many bytes.
     size = int(kind.removeprefix("json"))
     out = []
     for i in range(count):
-        text = json.dumps(json_event(rng, stamp + i))
-        out.append(Event(text[: max(8, size - 8)]).encode())
+        full = json_event(rng, stamp + i)
+        value: Any
+        if size <= 64:
+            value = {"seq": i, "t": round(stamp + i * 0.013, 3), "cpu": full["cpu"]["user"]}
+        elif size <= 256:
+            value = {k: full[k] for k in ("type", "sent_at", "host", "cpu")}
+        elif size <= 1024:
+            value = full
+        else:
+            value = {"hosts": [full] + [json_event(rng, stamp + i) for _ in range(3)]}
+        out.append(Event(json.dumps(value)).encode())
     return out
 
 
@@ -223,7 +232,7 @@ def sizes(quick: bool) -> list[dict[str, Any]]:
     count = 200 if quick else 1000
     rows = []
     for size in (64, 256, 1024, 4096):
-        events = frames(f"json{size}", count) if size != 1024 else frames("json", count)
+        events = frames(f"json{size}", count)
         row: dict[str, Any] = {"event_bytes": statistics.mean(len(e) for e in events)}
         for encoding in ("gzip", "br"):
             row[encoding] = stream_ratio(Compression.default(encoding), events)
@@ -445,10 +454,53 @@ def chart(result: dict[str, Any], path: Path) -> None:
     path.write_text("\n".join(parts))
 
 
+def report(result: dict[str, Any]) -> str:
+    """The tables of docs/benchmarks.md's compression section, in Markdown."""
+    out = [
+        "| coding | level | window | memLevel | JSON ratio | HTML ratio | "
+        "JSON CPU/event (us) | state/stream, 1,000 (KiB) | state/stream, 10,000 (KiB) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in result["settings"]:
+        ten = row.get("state_bytes_10000")
+        out.append(
+            f"| {row['encoding']}{' (default)' if row['default'] else ''} | {row['level']} | "
+            f"{row['window']} | {row['mem_level'] or '-'} | {row['json']['ratio']:.2f} | "
+            f"{row['html']['ratio']:.2f} | {row['json']['cpu_us']:.1f} | "
+            f"{row['state_bytes_1000'] / 1024:.1f} | "
+            f"{'-' if ten is None else f'{ten / 1024:.1f}'} |"
+        )
+    out += [
+        "",
+        "| event size (bytes) | gzip ratio | gzip CPU/event (us) | br ratio | br CPU/event (us) |",
+        "|---|---|---|---|---|",
+    ]
+    for row in result["sizes"]:
+        out.append(
+            f"| {row['event_bytes']:.0f} | {row['gzip']['ratio']:.2f} | "
+            f"{row['gzip']['cpu_us']:.1f} | {row['br']['ratio']:.2f} | {row['br']['cpu_us']:.1f} |"
+        )
+    out += [
+        "",
+        "| stream | coding | delivered | bytes on the wire per event | "
+        "server CPU per delivered event (us) | latency p50 / p99 / max (ms) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in result["wire"]:
+        lat = row["latency_ms"]
+        out.append(
+            f"| {row['kind']} | {row['encoding']} | {row['delivered']}/{row['expected']} | "
+            f"{row['wire_bytes_per_event']:.0f} | {row['server_cpu_us_per_delivered']:.1f} | "
+            f"{lat['p50']:.1f} / {lat['p99']:.1f} / {lat['max']:.1f} |"
+        )
+    return "\n".join(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", choices=("settings", "sizes", "wire"))
+    parser.add_argument("--report", action="store_true", help="print the tables of the results")
     parser.add_argument("--state-child", nargs=2, metavar=("SPEC", "COUNT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.state_child:
@@ -457,6 +509,9 @@ def main() -> None:
     result: dict[str, Any] = {}
     if RESULTS.exists():
         result = json.loads(RESULTS.read_text())
+    if args.report:
+        print(report(result))
+        return
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"],
         check=False,
@@ -475,6 +530,8 @@ def main() -> None:
     for part, run in (("settings", settings), ("sizes", sizes), ("wire", wire)):
         if args.only in (None, part):
             result[part] = run(args.quick)
+            # Parts may be run again alone: each keeps where and when it ran.
+            result[f"{part}_run"] = {key: result[key] for key in ("commit", "when", "quick")}
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     if "wire" in result:
         chart(result, CHART)

@@ -743,7 +743,8 @@ class SSE:
         if not isinstance(retry, _Default):
             _config.milliseconds("retry", retry)
         if not isinstance(compress, _Default):
-            encodings("compress", compress)
+            for encoding in encodings("compress", compress):
+                Compression.default(encoding).checked()  # br without a binding fails here
 
         def decorate(view: F) -> F:
             @functools.wraps(view)

@@ -128,6 +128,17 @@ def test_a_partial_write_leaves_the_compressed_stream_whole(encoding: str, taken
     assert [decode(part) for part in wire] == [b"retry: 1\n\n", EVENTS[0], EVENTS[1]]
 
 
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_a_drained_stream_ends_with_its_retry_compressed(encoding: str) -> None:
+    core = StreamCore(8, Compression.default(encoding).new())
+    decode = decoder(encoding)
+    decode(core.start(b"retry: 1\n\n"))
+    core.item(EVENTS[0])
+    assert core.drain(b"retry: 1500\n\n")
+    assert decode(core.handler_turn().data) == EVENTS[0] + b"retry: 1500\n\n"
+    assert core.handler_turn().kind is TurnKind.STOP
+
+
 def test_a_closed_stream_sends_no_trailer() -> None:
     core = StreamCore(8, Compression.default("gzip").new())
     core.start(b"retry: 1\n\n")
@@ -166,6 +177,8 @@ def test_br_without_a_binding_says_what_to_install(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(compress, "brotli_module", lambda: None)
     with pytest.raises(ConfigError, match=r"flask-sse-stream\[brotli\]"):
         Compression.default("br").checked()
+    with pytest.raises(ConfigError, match=r"flask-sse-stream\[brotli\]"):
+        SSE().stream(compress=["gzip", "br"])  # when decorating, not on the first request
 
 
 def test_a_brotli_binding_is_installed_for_the_tests() -> None:
