@@ -51,6 +51,17 @@ Key                        Default  Meaning
                                     apart.
 ``SSE_ADMIN``              False    Serve the operator page at the blueprint's
                                     ``/admin``, behind ``@sse.admin_check``.
+``SSE_COMPRESSION``        ``None`` ``"gzip"``, ``"br"`` or a list of them in order
+                                    of preference: compress streams for clients
+                                    whose ``Accept-Encoding`` allows it, flushed
+                                    chunk by chunk. ``None``: never.
+``SSE_COMPRESSION_LEVEL``  ``None`` gzip's level (1-9) or brotli's quality
+                                    (0-11); ``None``: 6 for gzip, 5 for br.
+``SSE_COMPRESSION_WINDOW`` ``None`` Window bits (gzip 9-15, br 10-24): memory
+                                    per stream against ratio; ``None``: 12
+                                    for gzip, 14 for br.
+``SSE_COMPRESSION_MEM_LEVEL`` None  gzip's ``memLevel`` (1-9), the size of its
+                                    hash tables; ``None``: 4.
 =========================  =======  ==============================================
 
 The keys are read once, by :meth:`SSE.init_app`; change them before that.
@@ -62,6 +73,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ._compress import Compression, encodings
 from ._errors import ConfigError
 
 __all__ = ["DEFAULTS", "Config"]
@@ -83,6 +95,10 @@ DEFAULTS: Mapping[str, Any] = {
     "SSE_PRESENCE_GRACE": 5,
     "SSE_PRESENCE_TTL": 15,
     "SSE_ADMIN": False,
+    "SSE_COMPRESSION": None,
+    "SSE_COMPRESSION_LEVEL": None,
+    "SSE_COMPRESSION_WINDOW": None,
+    "SSE_COMPRESSION_MEM_LEVEL": None,
 }
 
 
@@ -195,6 +211,40 @@ def nonnegative_seconds(name: str, value: Any) -> float:
     return float(value)
 
 
+def tuning(name: str, value: Any, high: int) -> int | None:
+    """Check a compression setting's number (each coding checks its own range)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= high:
+        raise ConfigError(
+            f"{name} must be None (the default) or a whole number from 0 to {high}, got {value!r}"
+        )
+    return value
+
+
+def compressions(
+    value: Any,
+    *,
+    level: Any = None,
+    window: Any = None,
+    mem_level: Any = None,
+    name: str = "SSE_COMPRESSION",
+) -> tuple[Compression, ...]:
+    """Check a compression setting and the ``SSE_COMPRESSION_*`` keys that tune it."""
+    out = []
+    for encoding in encodings(name, value):
+        default = Compression.default(encoding)
+        out.append(
+            Compression(
+                encoding,
+                default.level if level is None else level,
+                default.window if window is None else window,
+                default.mem_level if mem_level is None else mem_level,
+            ).checked()
+        )
+    return tuple(out)
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """The checked ``SSE_*`` settings of one application."""
@@ -219,6 +269,11 @@ class Config:
     presence_grace: float = 5.0
     presence_ttl: float = 15.0
     admin: bool = False
+    compression: tuple[Compression, ...] = ()
+    """The codings streams may be compressed with, in order of preference."""
+    compression_level: int | None = None
+    compression_window: int | None = None
+    compression_mem_level: int | None = None
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any]) -> Config:
@@ -249,7 +304,28 @@ class Config:
             presence_grace=nonnegative_seconds("SSE_PRESENCE_GRACE", get("SSE_PRESENCE_GRACE")),
             presence_ttl=positive_seconds("SSE_PRESENCE_TTL", get("SSE_PRESENCE_TTL")),
             admin=flag("SSE_ADMIN", get("SSE_ADMIN")),
+            compression=compressions(
+                get("SSE_COMPRESSION"),
+                level=get("SSE_COMPRESSION_LEVEL"),
+                window=get("SSE_COMPRESSION_WINDOW"),
+                mem_level=get("SSE_COMPRESSION_MEM_LEVEL"),
+            ),
+            compression_level=tuning("SSE_COMPRESSION_LEVEL", get("SSE_COMPRESSION_LEVEL"), 11),
+            compression_window=tuning("SSE_COMPRESSION_WINDOW", get("SSE_COMPRESSION_WINDOW"), 24),
+            compression_mem_level=tuning(
+                "SSE_COMPRESSION_MEM_LEVEL", get("SSE_COMPRESSION_MEM_LEVEL"), 9
+            ),
         ).checked()
+
+    def compressions(self, value: Any) -> tuple[Compression, ...]:
+        """The codings a view's ``compress=`` names, tuned by the ``SSE_COMPRESSION_*`` keys."""
+        return compressions(
+            value,
+            level=self.compression_level,
+            window=self.compression_window,
+            mem_level=self.compression_mem_level,
+            name="compress",
+        )
 
     def checked(self) -> Config:
         """Refuse combinations of values that are each fine alone."""

@@ -27,6 +27,7 @@ from . import _config
 from ._broker import Broker, MemoryBroker, Subscription
 from ._cancel import find_socket
 from ._channels import check_channel, last_event_id
+from ._compress import Compression, choose, encodings
 from ._config import Config
 from ._errors import InvalidEventError
 from ._event import Comment, Event, JSONDumps
@@ -60,6 +61,7 @@ _RETRY_FROM_CONFIG: Final = _Default("SSE_RETRY")
 _LAST_ID_FROM_REQUEST: Final = _Default("the request's Last-Event-ID")
 IDENTITY_KEY: Final = "flask_sse_stream.identity"
 """Where ``_is_allowed`` keeps the identity the authorization hook returned."""
+_COMPRESSION_FROM_CONFIG: Final = _Default("SSE_COMPRESSION")
 
 
 class Stats(TypedDict):
@@ -160,6 +162,17 @@ class _AppState:
     _encoder: tuple[JSONDumps, Callable[[Any], bytes]] | None = None
     _tracker: Tracker | None = None
     _tracker_of: Broker | None = None
+    _compressions: dict[Any, tuple[Compression, ...]] = field(default_factory=dict)
+
+    def compressions(self, compress: Any) -> tuple[Compression, ...]:
+        """The codings a stream may use: the config's, or a view's ``compress=``."""
+        if isinstance(compress, _Default):
+            return self.config.compression
+        key = compress if compress is None or isinstance(compress, str) else tuple(compress)
+        found = self._compressions.get(key)
+        if found is None:
+            found = self._compressions[key] = self.config.compressions(compress)
+        return found
 
     def item_encoder(self, dumps: JSONDumps) -> Callable[[Any], bytes]:
         """The :func:`encoder` for ``dumps``, built once per application.
@@ -619,11 +632,13 @@ class SSE:
         heartbeat: float | _Default | None = _HEARTBEAT_FROM_CONFIG,
         retry: int | _Default | None = _RETRY_FROM_CONFIG,
         status: int = 200,
+        compress: str | Sequence[str] | _Default | None = _COMPRESSION_FROM_CONFIG,
     ) -> Response:
         """Return a streaming response that sends what ``source`` yields.
 
         Call it inside a request; ``@sse.stream`` calls it for you. The
-        options override ``SSE_HEARTBEAT_INTERVAL`` and ``SSE_RETRY``.
+        options override ``SSE_HEARTBEAT_INTERVAL``, ``SSE_RETRY`` and
+        ``SSE_COMPRESSION``.
         """
         state = self._state()
         cfg = state.config
@@ -646,6 +661,15 @@ class SSE:
         environ = request.environ if has_request_context() else {}
         if environ:
             read_body()
+        headers = stream_headers()
+        offered = state.compressions(compress)
+        compression = None
+        if offered:
+            headers["Vary"] = "Accept-Encoding"  # the body depends on it, either way
+            if has_request_context():
+                compression = choose(offered, request.accept_encodings.quality)
+            if compression is not None:
+                headers["Content-Encoding"] = compression.encoding
         callbacks = tuple(self._on_close)
         closed = state.closed
 
@@ -674,8 +698,9 @@ class SSE:
             context=_ViewContexts(),
             on_close=on_close,
             logger=app.logger,
+            compressor=None if compression is None else compression.new(),
         )
-        return Response(body, status=status, headers=stream_headers(), direct_passthrough=True)
+        return Response(body, status=status, headers=headers, direct_passthrough=True)
 
     @overload
     def stream(self, view: F) -> F: ...
@@ -687,6 +712,7 @@ class SSE:
         *,
         heartbeat: float | _Default | None = ...,
         retry: int | _Default | None = ...,
+        compress: str | Sequence[str] | _Default | None = ...,
     ) -> Callable[[F], F]: ...
 
     def stream(
@@ -695,6 +721,7 @@ class SSE:
         *,
         heartbeat: float | _Default | None = _HEARTBEAT_FROM_CONFIG,
         retry: int | _Default | None = _RETRY_FROM_CONFIG,
+        compress: str | Sequence[str] | _Default | None = _COMPRESSION_FROM_CONFIG,
     ) -> F | Callable[[F], F]:
         """Turn a view that yields events into an event stream.
 
@@ -707,12 +734,17 @@ class SSE:
 
         Use as ``@sse.stream`` or ``@sse.stream(heartbeat=5, retry=2000)``
         (seconds, milliseconds; ``None`` turns either off).
+        ``compress="gzip"``, ``"br"``, ``["br", "gzip"]`` or ``None``
+        overrides ``SSE_COMPRESSION`` for this view.
         """
         # Check the options when decorating, not on the first request.
         if not isinstance(heartbeat, _Default):
             _config.seconds("heartbeat", heartbeat)
         if not isinstance(retry, _Default):
             _config.milliseconds("retry", retry)
+        if not isinstance(compress, _Default):
+            for encoding in encodings("compress", compress):
+                Compression.default(encoding).checked()  # br without a binding fails here
 
         def decorate(view: F) -> F:
             @functools.wraps(view)
@@ -726,7 +758,7 @@ class SSE:
                         f"{type(result).__name__}; it must yield events (be a generator) "
                         "or return an iterable of them"
                     )
-                return self.response(result, heartbeat=heartbeat, retry=retry)
+                return self.response(result, heartbeat=heartbeat, retry=retry, compress=compress)
 
             return wrapper  # type: ignore[return-value]
 
