@@ -19,6 +19,7 @@ def test_defaults() -> None:
         buffer_size=64,
         history_size=1000,
         queue_size=1000,
+        slow_consumer=(("*", "disconnect"),),
         max_connections=None,
         cors_origins=frozenset(),
         cors_credentials=False,
@@ -38,6 +39,7 @@ def test_defaults() -> None:
         "SSE_BUFFER_SIZE",
         "SSE_HISTORY_SIZE",
         "SSE_QUEUE_SIZE",
+        "SSE_SLOW_CONSUMER",
         "SSE_MAX_CONNECTIONS",
         "SSE_CORS_ORIGINS",
         "SSE_CORS_CREDENTIALS",
@@ -71,6 +73,13 @@ def test_defaults() -> None:
         ("SSE_METRICS", True, "metrics", True),
         ("SSE_BROKER_URL", "redis://h:6379/0", "broker_url", "redis://h:6379/0"),
         ("SSE_KEY_PREFIX", "app1:", "key_prefix", "app1:"),
+        ("SSE_SLOW_CONSUMER", "conflate", "slow_consumer", (("*", "conflate"),)),
+        (
+            "SSE_SLOW_CONSUMER",
+            {"ticker:*": "conflate", "logs:*": "drop-oldest"},
+            "slow_consumer",
+            (("ticker:*", "conflate"), ("logs:*", "drop-oldest")),
+        ),
     ],
 )
 def test_accepted_values(key: str, value: Any, attribute: str, expected: Any) -> None:
@@ -92,6 +101,10 @@ def test_accepted_values(key: str, value: Any, attribute: str, expected: Any) ->
         ("SSE_BROKER_URL", "localhost:6379"),
         ("SSE_BROKER_URL", "memcached://x"),
         ("SSE_KEY_PREFIX", ""),
+        ("SSE_SLOW_CONSUMER", "latest"),
+        ("SSE_SLOW_CONSUMER", {"ticker:*": "conflated"}),
+        ("SSE_SLOW_CONSUMER", {"": "conflate"}),
+        ("SSE_SLOW_CONSUMER", ["conflate"]),
     ],
 )
 def test_refused_values_name_the_key(key: str, value: Any) -> None:

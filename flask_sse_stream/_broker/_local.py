@@ -22,7 +22,10 @@ How it is built, and why:
 * Fan-out appends the same :class:`~flask_sse_stream.Event` object to each
   subscriber's :class:`~collections.deque` and wakes only subscribers that
   wait: nothing is allocated per subscriber per event. A full queue drops
-  that subscriber; the publisher never waits.
+  that subscriber; the publisher never waits. A subscriber whose channels
+  follow another slow-consumer policy has a queue of that policy instead
+  (:mod:`~flask_sse_stream._broker._policy`), offered the event with its
+  key; it never drops the subscriber.
 * A fan-out queues the waiters it wakes on their hub's waker and kicks
   each waker once (see :mod:`~flask_sse_stream._broker._wakeup`).
 * ``deque.append`` and ``deque.popleft`` are atomic under the GIL, which is
@@ -38,11 +41,21 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from operator import itemgetter
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, Self, TypeVar
 
 from gevent.hub import Waiter
 
 from .._event import Event
+from ._policy import (
+    DISCONNECT,
+    DROP_OLDEST,
+    ConflateQueue,
+    Counters,
+    DropOldestQueue,
+    Policies,
+    check_key,
+    replay,
+)
 from ._wakeup import HubWaker, Subscriber, allocate_lock, current_waker, get_ident, wake
 
 __all__ = [
@@ -55,6 +68,8 @@ __all__ = [
     "parse_id",
     "seq_of",
 ]
+
+S = TypeVar("S", bound=Subscriber)
 
 _DIGITS: Final = "0123456789abcdefghijklmnopqrstuvwxyz"
 _PART = r"(0|[1-9a-z][0-9a-z]{0,15})"
@@ -86,12 +101,17 @@ def parse_id(last_id: str) -> tuple[str, int] | None:
     return match[1], int(match[2], 36)
 
 
-def check_publish(channel: str, event: Event) -> None:
-    """Check ``publish()``'s arguments; raise ``TypeError`` if they are not a name and an Event."""
+def check_publish(channel: str, event: Event, key: str | None = None) -> None:
+    """Check ``publish()``'s arguments.
+
+    :raises TypeError: if they are not a name and an Event.
+    :raises InvalidEventError: if ``key`` cannot be a conflation key.
+    """
     if not isinstance(event, Event):
         raise TypeError(f"publish() takes an Event, not {type(event).__name__}")
     if not isinstance(channel, str) or not channel:
         raise TypeError(f"a channel is a non-empty str, not {channel!r:.80}")
+    check_key(key)
 
 
 def check_subscribe(channels: Sequence[str], last_id: str | None) -> tuple[str, ...]:
@@ -126,8 +146,10 @@ class LocalFanOut:
     :meth:`_everyone`.
     """
 
-    def __init__(self, queue_size: int) -> None:
+    def __init__(self, queue_size: int, slow_consumer: Policies) -> None:
         self._queue_size = queue_size
+        self._policies = slow_consumer
+        self._counters = Counters()
         self._lock = allocate_lock()
         self._subscribers: dict[str, set[Subscriber]] = {}
         self._open = 0
@@ -148,29 +170,78 @@ class LocalFanOut:
         return self._queue_size
 
     @property
+    def slow_consumer(self) -> Policies:
+        """The slow-consumer policy of each channel."""
+        return self._policies
+
+    @property
     def closed(self) -> bool:
         """True once :meth:`close` has been called."""
         return self._closed
 
-    def _fan_out(self, subscribers: set[Subscriber], event: Event, me: int) -> None:
-        """Queue ``event`` for each of ``subscribers`` and wake those that wait.
+    def _new_subscriber(self, sub: S) -> S:
+        """Give ``sub`` the queue of its channels' policy; return it."""
+        policy = self._policies.of_subscription(sub.channels) if self._policies else DISCONNECT
+        if policy != DISCONNECT:
+            sub.policy = policy
+            queue_class = DropOldestQueue if policy == DROP_OLDEST else ConflateQueue
+            sub.queue = queue_class(self._lock, self._counters)
+        return sub
+
+    def _replay_by_policy(
+        self, sub: Subscriber, entries: list[tuple[Event, tuple[str, str | None]]]
+    ) -> list[Event]:
+        """What ``sub`` replays of ``entries`` (publish order), by its policy; the lock is held."""
+        events = replay(sub.policy or DISCONNECT, entries, self._queue_size, self._counters)
+        self._replayed += len(events)
+        return events
+
+    def _offer(self, sub: Subscriber, event: Event, channel: str, key: str | None) -> bool:
+        """Queue one event for ``sub`` by its policy; ``False`` if it must be dropped.
+
+        The lock is held. For the rare paths (a gap fill, going live); the
+        fan-out does the same inline.
+        """
+        queue = sub.queue
+        if sub.policy is not None:
+            queue.offer(((channel, key), event), self._queue_size)  # type: ignore[union-attr]
+        elif len(queue) >= self._queue_size:
+            return False
+        else:
+            queue.append(event)
+        self._delivered += 1
+        return True
+
+    def _fan_out(
+        self,
+        subscribers: set[Subscriber],
+        event: Event,
+        me: int,
+        channel: str = "",
+        key: str | None = None,
+    ) -> None:
+        """Queue ``event`` (of ``channel``, with ``key``) for ``subscribers``; wake those that wait.
 
         The lock is held; ``me`` is the caller's thread id.
         """
         limit = self._queue_size
         full: list[Subscriber] | None = None
+        entry = ((channel, key), event)
         # Usually every waiting subscriber is in one hub; with the werkzeug
         # server each is in its own.
         waker: HubWaker | None = None
         more_wakers: set[HubWaker] | None = None
         for sub in subscribers:
             queue = sub.queue
-            if len(queue) >= limit:
+            if sub.policy is not None:
+                queue.offer(entry, limit)  # type: ignore[union-attr]
+            elif len(queue) >= limit:
                 if full is None:
                     full = []
                 full.append(sub)
                 continue
-            queue.append(event)
+            else:
+                queue.append(event)
             if sub.waiting:
                 try:
                     its_waker, waiter = sub.waiting.pop()
@@ -271,6 +342,9 @@ class LocalFanOut:
             "replayed": self._replayed,
             "resets": self._resets,
             "dropped_slow": self._dropped_slow,
+            "conflated": self._counters.conflated,
+            "dropped": self._counters.dropped,
+            "gaps": self._counters.gaps,
             "queued": sum(len(sub.queue) for sub in self._everyone()),
         }
 
@@ -317,6 +391,11 @@ class LocalSubscription:
     def reset(self) -> bool:
         """True if the subscription started with a reset event instead of a replay."""
         return self._reset
+
+    @property
+    def policy(self) -> str:
+        """The slow-consumer policy it follows."""
+        return self._sub.policy or DISCONNECT
 
     def __iter__(self) -> Iterator[Event]:
         return self

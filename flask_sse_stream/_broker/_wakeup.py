@@ -33,13 +33,16 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gevent
 from gevent import monkey
 from gevent.hub import Hub, Waiter
 
 from .._event import Event
+
+if TYPE_CHECKING:
+    from ._policy import ConflateQueue, DropOldestQueue
 
 __all__ = [
     "HubWaker",
@@ -154,6 +157,7 @@ class Subscriber:
         "dropped",
         "ended",
         "interrupted",
+        "policy",
         "queue",
         "sink",
         "waiting",
@@ -161,7 +165,9 @@ class Subscriber:
 
     def __init__(self, channels: tuple[str, ...]) -> None:
         self.channels = channels
-        self.queue: deque[Event] = deque()
+        self.queue: deque[Event] | DropOldestQueue | ConflateQueue = deque()
+        # None: disconnect (a plain deque); else the policy its queue follows.
+        self.policy: str | None = None
         # At most one (waker, waiter): the owner appends it before it sleeps,
         # whoever wakes it pops it, so a wake-up is never lost or doubled.
         self.waiting: list[tuple[HubWaker, Waiter[Any]]] = []
