@@ -23,9 +23,10 @@ How it is built, and why:
   subscriber's :class:`~collections.deque` and wakes only subscribers that
   wait: nothing is allocated per subscriber per event. A full queue drops
   that subscriber; the publisher never waits. A subscriber whose channels
-  follow another slow-consumer policy has a queue of that policy instead
-  (:mod:`~flask_sse_stream._broker._policy`), offered the event with its
-  key; it never drops the subscriber.
+  follow another slow-consumer policy has a plain queue too (of
+  ``(key, event)`` entries under ``conflate``): only a full one takes that
+  policy's path (:mod:`~flask_sse_stream._broker._policy`) instead of being
+  dropped, and its subscription takes its events under the lock.
 * A fan-out queues the waiters it wakes on their hub's waker and kicks
   each waker once (see :mod:`~flask_sse_stream._broker._wakeup`).
 * ``deque.append`` and ``deque.popleft`` are atomic under the GIL, which is
@@ -46,16 +47,7 @@ from typing import Any, Final, Self, TypeVar
 from gevent.hub import Waiter
 
 from .._event import Event
-from ._policy import (
-    DISCONNECT,
-    DROP_OLDEST,
-    ConflateQueue,
-    Counters,
-    DropOldestQueue,
-    Policies,
-    check_key,
-    replay,
-)
+from ._policy import CONFLATE, DISCONNECT, Counters, Policies, check_key, overflow, replay, take
 from ._wakeup import HubWaker, Subscriber, allocate_lock, current_waker, get_ident, wake
 
 __all__ = [
@@ -150,6 +142,9 @@ class LocalFanOut:
         self._queue_size = queue_size
         self._policies = slow_consumer
         self._counters = Counters()
+        # Channels with conflate subscribers, and how many: their fan-out
+        # appends each subscriber the item of its kind.
+        self._keyed: dict[str, int] = {}
         self._lock = allocate_lock()
         self._subscribers: dict[str, set[Subscriber]] = {}
         self._open = 0
@@ -184,8 +179,7 @@ class LocalFanOut:
         policy = self._policies.of_subscription(sub.channels) if self._policies else DISCONNECT
         if policy != DISCONNECT:
             sub.policy = policy
-            queue_class = DropOldestQueue if policy == DROP_OLDEST else ConflateQueue
-            sub.queue = queue_class(self._lock, self._counters)
+            sub.kind = policy == CONFLATE
         return sub
 
     def _replay_by_policy(
@@ -203,12 +197,13 @@ class LocalFanOut:
         fan-out does the same inline.
         """
         queue = sub.queue
-        if sub.policy is not None:
-            queue.offer(((channel, key), event), self._queue_size)  # type: ignore[union-attr]
-        elif len(queue) >= self._queue_size:
-            return False
+        item = ((channel, key), event) if sub.kind else event
+        if len(queue) >= self._queue_size or sub.latest is not None:
+            if sub.policy is None:
+                return False
+            overflow(sub, item, self._queue_size, self._counters)
         else:
-            queue.append(event)
+            queue.append(item)
         self._delivered += 1
         return True
 
@@ -226,22 +221,22 @@ class LocalFanOut:
         """
         limit = self._queue_size
         full: list[Subscriber] | None = None
-        entry = ((channel, key), event)
+        # The item of each kind of subscriber: the event, or its (key, event) entry.
+        items = (event, ((channel, key), event))
+        keyed = channel in self._keyed if self._keyed else False
         # Usually every waiting subscriber is in one hub; with the werkzeug
         # server each is in its own.
         waker: HubWaker | None = None
         more_wakers: set[HubWaker] | None = None
         for sub in subscribers:
             queue = sub.queue
-            if sub.policy is not None:
-                queue.offer(entry, limit)  # type: ignore[union-attr]
-            elif len(queue) >= limit:
+            if len(queue) >= limit:
                 if full is None:
                     full = []
                 full.append(sub)
                 continue
-            else:
-                queue.append(event)
+            # A channel without conflate subscribers (most) pays no lookup.
+            queue.append(items[sub.kind] if keyed else event)
             if sub.waiting:
                 try:
                     its_waker, waiter = sub.waiting.pop()
@@ -264,13 +259,23 @@ class LocalFanOut:
         if full is None:
             self._delivered += len(subscribers)
         else:
-            self._delivered += len(subscribers) - len(full)
+            dropped = 0
             for sub in full:
-                self._end(sub, me, dropped=True)
+                if sub.policy is None:
+                    self._end(sub, me, dropped=True)
+                    dropped += 1
+                else:
+                    overflow(sub, items[sub.kind], limit, self._counters)
+                    if sub.waiting:
+                        wake(sub, me)
+            self._delivered += len(subscribers) - dropped
 
     def _register(self, sub: Subscriber) -> None:
         """Add ``sub`` to the fan-out sets of its channels; the lock is held."""
         subscribers = self._subscribers
+        if sub.kind:
+            for name in sub.channels:
+                self._keyed[name] = self._keyed.get(name, 0) + 1
         for name in sub.channels:
             channel_subs = subscribers.get(name)
             if channel_subs is None:
@@ -283,6 +288,12 @@ class LocalFanOut:
         for name in sub.channels:
             channel_subs = subscribers.get(name)
             if channel_subs is not None:
+                if sub.kind and sub in channel_subs:
+                    left = self._keyed[name] - 1
+                    if left:
+                        self._keyed[name] = left
+                    else:
+                        del self._keyed[name]
                 channel_subs.discard(sub)
                 if not channel_subs:
                     del subscribers[name]
@@ -302,6 +313,8 @@ class LocalFanOut:
         sub.dropped = dropped
         self._unregister(sub)
         sub.queue.clear()
+        sub.latest = None
+        sub.gap = None
         self._open -= 1
         if dropped:
             self._dropped_slow += 1
@@ -364,7 +377,8 @@ class LocalSubscription:
     ) -> None:
         self._broker = broker
         self._sub = sub
-        self._queue = sub.queue
+        # Events (the queue of a conflate subscriber, taken by _take, holds entries).
+        self._queue: deque[Event] = sub.queue
         self._replay: deque[Event] = deque(replay)
         self._reset = reset
 
@@ -408,6 +422,15 @@ class LocalSubscription:
             except IndexError:
                 pass  # closed meanwhile from another thread
         queue = self._queue
+        if self._sub.policy is not None:
+            while True:
+                if queue:
+                    batch = self._take(1)
+                    if batch:
+                        return batch[0]
+                if self._sub.ended:
+                    raise StopIteration
+                self._wait(None)
         while True:
             if queue:
                 try:
@@ -425,12 +448,22 @@ class LocalSubscription:
             replay = self._replay
             while replay and len(batch) < max_items:
                 batch.append(replay.popleft())
+            if self._sub.policy is not None:
+                if len(batch) < max_items and self._queue:
+                    batch += self._take(max_items - len(batch))
+                return batch
             pop = self._queue.popleft
             for _ in range(min(len(self._queue), max_items - len(batch))):
                 batch.append(pop())
         except IndexError:
             pass  # closed meanwhile from another thread
         return batch
+
+    def _take(self, max_items: int) -> list[Event]:
+        """Take from a slow-consumer policy's queue, under the broker's lock."""
+        broker = self._broker
+        with broker._lock:
+            return take(self._sub, max_items, broker._counters)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until an event is queued or the subscription ends.

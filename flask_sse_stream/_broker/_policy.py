@@ -30,23 +30,28 @@ Memory per subscriber is O(``queue_size``) (``drop-oldest``) or
 O(``queue_size`` + keys) (``conflate``) whatever the publish rate. What the
 queues skip is counted in :class:`Counters`, which the broker's stats show.
 
-The queues are filled under the broker's lock (by the fan-out) and emptied
-by the subscriber's greenlet, possibly in another thread; so their
-``popleft`` takes the same lock (a ``deque`` alone is safe without it, a
-gap or a mapping is not). ``__len__``, ``append``, ``offer`` and ``clear``
-run with the lock held.
+Every subscriber's queue is a plain ``deque``, filled under the broker's
+lock: the fan-out appends to it while it has room, whatever the policy, so
+a subscriber that keeps up costs the same under every policy (a
+``conflate`` subscriber's queue holds ``(key, event)`` entries, built once
+per publish). Only a full queue takes the policy's path
+(:func:`overflow`), and a policy's subscriber takes its events under the
+broker's lock (:func:`take`): its gap and its map of keys change with the
+queue.
 """
 
 from __future__ import annotations
 
 import json
-from collections import OrderedDict, deque
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from fnmatch import fnmatchcase
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from .._errors import InvalidEventError
 from .._event import Event
+
+if TYPE_CHECKING:
+    from ._wakeup import Subscriber
 
 __all__ = [
     "CONFLATE",
@@ -54,13 +59,14 @@ __all__ = [
     "DROP_OLDEST",
     "GAP_EVENT",
     "POLICIES",
-    "ConflateQueue",
     "Counters",
-    "DropOldestQueue",
+    "Entry",
     "Policies",
     "check_key",
     "gap_event",
+    "overflow",
     "replay",
+    "take",
 ]
 
 DISCONNECT: Final = "disconnect"
@@ -177,7 +183,7 @@ class Counters:
 
     def __init__(self) -> None:
         self.conflated = 0
-        """Queued events replaced by a newer one of the same key."""
+        """Events skipped for a newer one of the same key (when skipped, see :func:`take`)."""
         self.dropped = 0
         """Queued events dropped to make room for newer ones."""
         self.gaps = 0
@@ -185,125 +191,85 @@ class Counters:
 
 
 Entry = tuple[Hashable, Event]
-"""What the fan-out offers a policy queue: ``((channel, key), event)``, built once per publish."""
+"""What a ``conflate`` subscriber's queue holds: ``((channel, key), event)``, built once
+per publish and shared by every such subscriber."""
 
 
-class _Gap:
-    __slots__ = ("count", "last_id")
+def overflow(sub: Subscriber, item: Any, limit: int, counters: Counters) -> None:
+    """Queue ``item`` for ``sub``, whose queue holds ``limit`` items (or that lags).
 
-    def __init__(self) -> None:
-        self.count = 0
-        self.last_id: str | None = None
+    ``item`` is an event (``drop-oldest``) or an :data:`Entry` (``conflate``).
+    The broker's lock is held. The fan-out appends to a queue that has room
+    itself, at the cost of a ``deque.append``, whatever the policy; this is
+    the path of a subscriber that fell behind.
 
-
-class DropOldestQueue:
-    """A subscriber's queue under ``drop-oldest``: the newest events, and a gap marker."""
-
-    __slots__ = ("_counters", "_events", "_gap", "_lock")
-
-    def __init__(self, lock: Any, counters: Counters) -> None:
-        self._lock = lock
-        self._counters = counters
-        self._events: deque[Event] = deque()
-        # The events dropped so far come before every event queued.
-        self._gap: _Gap | None = None
-
-    def __len__(self) -> int:
-        return len(self._events) + (self._gap is not None)
-
-    def __bool__(self) -> bool:
-        return bool(self._events) or self._gap is not None
-
-    def append(self, event: Event) -> None:
-        self._events.append(event)
-
-    def offer(self, entry: Entry, limit: int) -> None:
-        """Queue ``entry``'s event, dropping the oldest if ``limit`` events are queued."""
-        events = self._events
-        if len(events) >= limit:
-            dropped = events.popleft()
-            gap = self._gap
-            if gap is None:
-                gap = self._gap = _Gap()
-                self._counters.gaps += 1
-            gap.count += 1
-            gap.last_id = dropped.id
-            self._counters.dropped += 1
-        events.append(entry[1])
-
-    def popleft(self) -> Event:
-        """The next event: the gap marker first, if events were dropped."""
-        with self._lock:
-            gap = self._gap
-            if gap is not None:
-                self._gap = None
-                return gap_event(gap.count, gap.last_id)
-            return self._events.popleft()
-
-    def clear(self) -> None:
-        self._events.clear()
-        self._gap = None
+    ``drop-oldest`` drops the oldest queued event and counts it in the
+    subscriber's gap (``[count, id of the last dropped]``), which comes
+    before every queued event. ``conflate`` starts *lagging*: ``sub.latest``
+    maps each key to its newest queued entry, and an entry that is not its
+    key's newest is skipped when taken (:func:`take`); stale entries are
+    swept out once they are as many as the rest, so the queue stays within
+    ``2 * (limit + keys)`` entries.
+    """
+    queue = sub.queue
+    if sub.policy == DROP_OLDEST:
+        dropped = queue.popleft()
+        gap = sub.gap
+        if gap is None:
+            gap = sub.gap = [0, None]
+            counters.gaps += 1
+        gap[0] += 1
+        gap[1] = dropped.id
+        counters.dropped += 1
+        queue.append(item)
+        return
+    latest = sub.latest
+    if latest is None:
+        latest = sub.latest = {}
+        for entry in queue:
+            latest[entry[0]] = entry
+    latest[item[0]] = item
+    queue.append(item)
+    if len(queue) > 2 * (limit + len(latest)):
+        live = [entry for entry in queue if latest.get(entry[0], entry) is entry]
+        counters.conflated += len(queue) - len(live)
+        queue.clear()
+        queue.extend(live)
 
 
-class ConflateQueue:
-    """A subscriber's queue under ``conflate``: every event, or one per key once it lags."""
+def take(sub: Subscriber, max_items: int, counters: Counters) -> list[Event]:
+    """Take up to ``max_items`` events of a policy's queue; the broker's lock is held.
 
-    __slots__ = ("_counters", "_fifo", "_latest", "_lock")
-
-    def __init__(self, lock: Any, counters: Counters) -> None:
-        self._lock = lock
-        self._counters = counters
-        self._fifo: deque[Entry] = deque()
-        # While lagging: the newest event per key, in the order keys last changed.
-        self._latest: OrderedDict[Hashable, Event] | None = None
-
-    def __len__(self) -> int:
-        latest = self._latest
-        return len(self._fifo) if latest is None else len(latest)
-
-    def __bool__(self) -> bool:
-        return bool(self._fifo) or bool(self._latest)
-
-    def append(self, event: Event) -> None:
-        self.offer(((None, object()), event), 1 << 62)  # a key of its own: never conflated
-
-    def offer(self, entry: Entry, limit: int) -> None:
-        """Queue ``entry``; past ``limit`` queued, keep only the newest event per key."""
-        latest = self._latest
-        if latest is None:
-            fifo = self._fifo
-            if len(fifo) < limit:
-                fifo.append(entry)
-                return
-            latest = self._latest = OrderedDict()
-            for queued in fifo:
-                self._put(latest, queued)
-            fifo.clear()
-        self._put(latest, entry)
-
-    def _put(self, latest: OrderedDict[Hashable, Event], entry: Entry) -> None:
-        key, event = entry
-        if key in latest:
-            latest[key] = event
-            latest.move_to_end(key)
-            self._counters.conflated += 1
+    ``drop-oldest``: the gap event first, if events were dropped. ``conflate``:
+    the entries' events, skipping (and counting) those a newer one of the
+    same key superseded while the subscriber lagged.
+    """
+    queue = sub.queue
+    batch: list[Event] = []
+    if sub.policy == DROP_OLDEST:
+        gap = sub.gap
+        if gap is not None:
+            sub.gap = None
+            batch.append(gap_event(gap[0], gap[1]))
+        pop = queue.popleft
+        for _ in range(min(len(queue), max_items - len(batch))):
+            batch.append(pop())
+        return batch
+    latest = sub.latest
+    if latest is None:
+        pop = queue.popleft
+        return [pop()[1] for _ in range(min(len(queue), max_items))]
+    while queue and len(batch) < max_items:
+        entry = queue.popleft()
+        key = entry[0]
+        if latest.get(key, entry) is entry:
+            latest.pop(key, None)
+            batch.append(entry[1])
         else:
-            latest[key] = event
-
-    def popleft(self) -> Event:
-        """The next event: in order while it keeps up, else the key that changed least recently."""
-        with self._lock:
-            latest = self._latest
-            if latest is None:
-                return self._fifo.popleft()[1]
-            event = latest.popitem(last=False)[1]
-            if not latest:
-                self._latest = None  # caught up: every event again
-            return event
-
-    def clear(self) -> None:
-        self._fifo.clear()
-        self._latest = None
+            counters.conflated += 1
+    if not queue:
+        sub.latest = None  # caught up: every event again
+    return batch
 
 
 def replay(

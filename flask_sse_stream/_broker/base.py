@@ -112,7 +112,8 @@ class BrokerStats:
     """Subscriptions dropped because their queue was full (``disconnect``)."""
     conflated: int = 0
     """Events a ``conflate`` subscription skipped for a newer one of the same key
-    (once per subscription), live or in a replay."""
+    (once per subscription), live or in a replay. Counted when skipped: as the
+    subscription reads past them, or when a lagging queue is swept."""
     dropped: int = 0
     """Events a ``drop-oldest`` subscription skipped (once per subscription), live or
     in a replay."""

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import json
-import threading
 
 import pytest
 
 from flask_sse_stream import Event
 from flask_sse_stream._broker._policy import (
-    ConflateQueue,
     Counters,
-    DropOldestQueue,
     Policies,
     gap_event,
+    overflow,
     replay,
+    take,
 )
+from flask_sse_stream._broker._wakeup import Subscriber
 
 
 def test_a_channels_own_name_wins_then_the_first_pattern_then_disconnect() -> None:
@@ -52,34 +52,59 @@ def test_the_cache_of_channel_names_stays_bounded() -> None:
     assert len(policies._cache) <= 4096
 
 
+def subscriber(policy: str) -> Subscriber:
+    sub = Subscriber(("c",))
+    sub.policy = policy
+    sub.kind = policy == "conflate"
+    return sub
+
+
+def offer(sub: Subscriber, item: object, limit: int, counters: Counters) -> None:
+    """What the fan-out does: append while there is room, else the policy's path."""
+    if len(sub.queue) >= limit or sub.latest is not None:
+        overflow(sub, item, limit, counters)
+    else:
+        sub.queue.append(item)
+
+
 def test_a_drop_oldest_queue_holds_a_gap_and_the_newest() -> None:
     counters = Counters()
-    queue = DropOldestQueue(threading.Lock(), counters)
-    events = [Event(n, id=str(n)) for n in range(10)]
-    for event in events:
-        queue.offer((("c", None), event), 4)
-    assert len(queue) == 5
-    gap = queue.popleft()
+    sub = subscriber("drop-oldest")
+    for n in range(10):
+        offer(sub, Event(n, id=str(n)), 4, counters)
+    assert len(sub.queue) == 4
+    gap, *rest = take(sub, 10, counters)
     assert (gap.event, json.loads(gap.data), gap.id) == ("sse-gap", {"skipped": 6}, "5")
-    assert [queue.popleft().data for _ in range(4)] == [6, 7, 8, 9]
-    assert not queue
+    assert [e.data for e in rest] == [6, 7, 8, 9]
+    assert not sub.queue
+    assert sub.gap is None
     assert (counters.dropped, counters.gaps) == (6, 1)
 
 
 def test_a_conflate_queue_keeps_every_event_until_it_lags_then_one_per_key() -> None:
     counters = Counters()
-    queue = ConflateQueue(threading.Lock(), counters)
+    sub = subscriber("conflate")
     for n, key in enumerate("ab"):
-        queue.offer((("c", key), Event(n)), 3)
-    assert [queue.popleft().data for _ in range(2)] == [0, 1]
+        offer(sub, (("c", key), Event(n)), 3, counters)
+    assert [e.data for e in take(sub, 10, counters)] == [0, 1]
     for n, key in enumerate("aabab"):
-        queue.offer((("c", key), Event(n)), 3)
-    # a0 a1 b2 fill it; a3 conflates a0 a1 (order: b2 a3); b4 conflates b2.
-    assert len(queue) == 2
-    assert [queue.popleft().data for _ in range(2)] == [3, 4]
+        offer(sub, (("c", key), Event(n)), 3, counters)
+    # a0 a1 b2 fill it; a3 supersedes a0 a1 (order: b2 a3); b4 supersedes b2.
+    assert sub.latest is not None
+    assert [e.data for e in take(sub, 10, counters)] == [3, 4]
     assert counters.conflated == 3
-    with pytest.raises(IndexError):
-        queue.popleft()
+    assert sub.latest is None  # caught up
+    assert take(sub, 10, counters) == []
+
+
+def test_a_lagging_conflate_queue_stays_bounded_by_its_keys() -> None:
+    counters = Counters()
+    sub = subscriber("conflate")
+    for n in range(100_000):
+        offer(sub, (("c", n % 7), Event(n)), 50, counters)
+    assert len(sub.queue) <= 2 * (50 + 7) + 1
+    assert [e.data for e in take(sub, 1000, counters)] == list(range(100_000 - 7, 100_000))
+    assert counters.conflated == 100_000 - 7
 
 
 def test_replay_by_policy() -> None:
