@@ -18,7 +18,15 @@ Key                        Default  Meaning
 ``SSE_HISTORY_SIZE``       ``1000`` Events kept per channel to replay to a client
                                     that reconnects with ``Last-Event-ID``.
 ``SSE_QUEUE_SIZE``         ``1000`` Events a subscriber may fall behind before it
-                                    is dropped (it reconnects and replays).
+                                    is dropped (it reconnects and replays), or
+                                    before its channel's slow-consumer policy
+                                    drops or conflates events.
+``SSE_SLOW_CONSUMER``      ``"disconnect"``
+                                    What a subscriber that falls behind gets:
+                                    ``"disconnect"``, ``"drop-oldest"`` or
+                                    ``"conflate"``, for every channel, or a
+                                    mapping of channel names and patterns to
+                                    policies (``{"ticker:*": "conflate"}``).
 ``SSE_MAX_CONNECTIONS``    ``None`` Open streams per process; past it a new
                                     stream gets 503 with ``Retry-After``.
                                     ``None``: no limit.
@@ -85,6 +93,7 @@ DEFAULTS: Mapping[str, Any] = {
     "SSE_BUFFER_SIZE": 64,
     "SSE_HISTORY_SIZE": 1000,
     "SSE_QUEUE_SIZE": 1000,
+    "SSE_SLOW_CONSUMER": "disconnect",
     "SSE_MAX_CONNECTIONS": None,
     "SSE_CORS_ORIGINS": (),
     "SSE_CORS_CREDENTIALS": False,
@@ -168,6 +177,17 @@ def broker_url(name: str, value: Any) -> str | None:
             f"'redis://localhost:6379/0', got {str(value)[:80]!r}"
         )
     return value
+
+
+def slow_consumer(name: str, value: Any) -> tuple[tuple[str, str], ...]:
+    """Check slow-consumer policies: one for every channel, or a mapping of patterns to them."""
+    from ._broker._policy import Policies
+
+    try:
+        policies = Policies(value)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+    return tuple(policies.rules.items())
 
 
 def text(name: str, value: Any) -> str:
@@ -255,6 +275,8 @@ class Config:
     buffer_size: int
     history_size: int = 1000
     queue_size: int = 1000
+    slow_consumer: tuple[tuple[str, str], ...] = (("*", "disconnect"),)
+    """``(pattern, policy)`` pairs, in order (a channel's own name first)."""
     max_connections: int | None = None
     cors_origins: frozenset[str] | None = frozenset()
     """Allowed origins; ``None`` means any origin."""
@@ -291,6 +313,7 @@ class Config:
             buffer_size=positive_int("SSE_BUFFER_SIZE", get("SSE_BUFFER_SIZE")),
             history_size=positive_int("SSE_HISTORY_SIZE", get("SSE_HISTORY_SIZE")),
             queue_size=positive_int("SSE_QUEUE_SIZE", get("SSE_QUEUE_SIZE")),
+            slow_consumer=slow_consumer("SSE_SLOW_CONSUMER", get("SSE_SLOW_CONSUMER")),
             max_connections=optional_positive_int(
                 "SSE_MAX_CONNECTIONS", get("SSE_MAX_CONNECTIONS")
             ),

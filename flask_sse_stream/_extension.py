@@ -85,6 +85,13 @@ class Stats(TypedDict):
     """``sse-reset`` events sent because a last id could not be replayed from."""
     dropped_slow: int
     """Subscribers dropped because they fell ``SSE_QUEUE_SIZE`` events behind."""
+    conflated: int
+    """Events a lagging subscriber of a ``conflate`` channel skipped for a newer one of
+    the same key (counted per subscriber), live or in a replay."""
+    dropped: int
+    """Events a lagging subscriber of a ``drop-oldest`` channel skipped (per subscriber)."""
+    gaps: int
+    """``sse-gap`` events sent to ``drop-oldest`` subscribers: one per run of skipped events."""
     queued: int
     """Events waiting for subscribers now."""
     history: int
@@ -240,8 +247,13 @@ def make_tracker(config: Config, broker: Broker) -> Tracker:
 def make_broker(config: Config) -> Broker:
     """Build the broker ``SSE_BROKER_URL`` names (the in-process one when unset)."""
     url = config.broker_url
+    slow_consumer = dict(config.slow_consumer)
     if url is None:
-        return MemoryBroker(history_size=config.history_size, queue_size=config.queue_size)
+        return MemoryBroker(
+            history_size=config.history_size,
+            queue_size=config.queue_size,
+            slow_consumer=slow_consumer,
+        )
     if url.startswith("redis+cluster://"):
         from ._broker.cluster import ClusterBroker  # needs the redis extra
 
@@ -250,6 +262,7 @@ def make_broker(config: Config) -> Broker:
             history_size=config.history_size,
             queue_size=config.queue_size,
             key_prefix=config.key_prefix,
+            slow_consumer=slow_consumer,
         )
     from ._broker.redis import RedisBroker  # needs the redis extra
 
@@ -258,6 +271,7 @@ def make_broker(config: Config) -> Broker:
         history_size=config.history_size,
         queue_size=config.queue_size,
         key_prefix=config.key_prefix,
+        slow_consumer=slow_consumer,
     )
 
 
@@ -429,6 +443,7 @@ class SSE:
         id: str | None = None,
         retry: int | None = None,
         app: Flask | None = None,
+        key: str | None = None,
     ) -> str:
         """Send an event to every subscriber of ``channel``; return its id.
 
@@ -440,14 +455,19 @@ class SSE:
         inside ``with app.app_context():``; the event is encoded once and
         every subscriber gets the same bytes.
 
-        :raises InvalidEventError: if a field cannot be sent.
+        ``key`` says what the event is the latest value of (``key="AAPL"``):
+        on a channel whose ``SSE_SLOW_CONSUMER`` policy is ``"conflate"``, a
+        subscriber that falls behind gets only the newest event per key.
+        Without one, the channel is one key.
+
+        :raises InvalidEventError: if a field (or the key) cannot be sent.
         :raises InvalidChannelError: if ``channel`` is not a valid name.
         """
         check_channel(channel)
         state = self._state(app)
         dumps = (app or current_app).json.dumps
         item = event_to_publish(data, event=event, id=id, retry=retry, dumps=dumps)
-        published = state.broker.publish(channel, item)
+        published = state.broker.publish(channel, item, key)
         assert published.id is not None
         return published.id
 
@@ -585,6 +605,8 @@ class SSE:
         ``delivered`` live and ``replayed`` to reconnecting clients;
         ``resets`` sent instead of a replay; subscribers ``dropped_slow``
         because they fell ``SSE_QUEUE_SIZE`` events behind; events
+        ``conflated`` and ``dropped`` by the slow-consumer policies, and the
+        ``gaps`` announced; events
         ``queued`` for subscribers and held in ``history`` now; streams
         ``closed`` by :class:`CloseReason`; ``heartbeats`` sent by this
         process's streams, ``direct`` (written beside the server, see
@@ -600,6 +622,9 @@ class SSE:
             "replayed": broker.replayed,
             "resets": broker.resets,
             "dropped_slow": broker.dropped_slow,
+            "conflated": broker.conflated,
+            "dropped": broker.dropped,
+            "gaps": broker.gaps,
             "queued": broker.queued,
             "history": broker.history,
             "closed": {reason.value: state.closed[reason.value] for reason in CloseReason},

@@ -37,6 +37,7 @@ from ._broker._cluster_wire import (
     cluster_settings,
 )
 from ._broker._local import base36, check_sizes
+from ._broker._policy import check_key
 from ._broker._redis_wire import (
     Keys,
     Store,
@@ -139,10 +140,11 @@ class Publisher:
         event: str | None = None,
         id: str | None = None,
         retry: int | None = None,
+        key: str | None = None,
     ) -> str:
         """Send an event to every subscriber of ``channel``; return its id.
 
-        The arguments are those of ``sse.publish`` (``data`` may be a whole
+        The arguments are those of ``sse.publish`` (``key`` included; ``data`` may be a whole
         :class:`Event` or a datastar-py event). Blocks until Redis has
         stored and published the event (one round trip).
 
@@ -152,15 +154,16 @@ class Publisher:
             the event may or may not have been published.
         """
         check_channel(channel)
+        check_key(key)
         stored = event_to_publish(data, event=event, id=id, retry=retry, dumps=self._dumps)
         if self._cluster is not None:
             with self._clock_lock:
                 floor = self._clock + 1
-            epoch, n = self._cluster.publish(channel, encode(stored, self._dumps), floor)
+            epoch, n = self._cluster.publish(channel, encode(stored, self._dumps, key), floor)
             with self._clock_lock:
                 self._clock = max(self._clock, n)
         else:
-            epoch, n = self._store.publish(channel, encode(stored, self._dumps))
+            epoch, n = self._store.publish(channel, encode(stored, self._dumps, key))
         return stored.id if stored.id is not None else f"{epoch}-{base36(n)}"
 
     def _execute(self, commands: Sequence[tuple[Any, ...]], then: Then | None = None) -> list[Any]:

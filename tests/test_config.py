@@ -20,6 +20,7 @@ def test_defaults() -> None:
         buffer_size=64,
         history_size=1000,
         queue_size=1000,
+        slow_consumer=(("*", "disconnect"),),
         max_connections=None,
         cors_origins=frozenset(),
         cors_credentials=False,
@@ -39,6 +40,7 @@ def test_defaults() -> None:
         "SSE_BUFFER_SIZE",
         "SSE_HISTORY_SIZE",
         "SSE_QUEUE_SIZE",
+        "SSE_SLOW_CONSUMER",
         "SSE_MAX_CONNECTIONS",
         "SSE_CORS_ORIGINS",
         "SSE_CORS_CREDENTIALS",
@@ -85,6 +87,13 @@ def test_defaults() -> None:
         ),
         ("SSE_COMPRESSION", None, "compression", ()),
         ("SSE_COMPRESSION_WINDOW", 15, "compression_window", 15),
+        ("SSE_SLOW_CONSUMER", "conflate", "slow_consumer", (("*", "conflate"),)),
+        (
+            "SSE_SLOW_CONSUMER",
+            {"ticker:*": "conflate", "logs:*": "drop-oldest"},
+            "slow_consumer",
+            (("ticker:*", "conflate"), ("logs:*", "drop-oldest")),
+        ),
     ],
 )
 def test_accepted_values(key: str, value: Any, attribute: str, expected: Any) -> None:
@@ -112,6 +121,10 @@ def test_accepted_values(key: str, value: Any, attribute: str, expected: Any) ->
         ("SSE_COMPRESSION_LEVEL", "6"),
         ("SSE_COMPRESSION_WINDOW", 25),
         ("SSE_COMPRESSION_MEM_LEVEL", True),
+        ("SSE_SLOW_CONSUMER", "latest"),
+        ("SSE_SLOW_CONSUMER", {"ticker:*": "conflated"}),
+        ("SSE_SLOW_CONSUMER", {"": "conflate"}),
+        ("SSE_SLOW_CONSUMER", ["conflate"]),
     ],
 )
 def test_refused_values_name_the_key(key: str, value: Any) -> None:

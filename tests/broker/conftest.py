@@ -92,17 +92,26 @@ def cluster_group() -> Iterator[ClusterGroup]:
         yield group
 
 
+SlowConsumer = str | dict[str, str] | None
+
+
 class MakeBroker(Protocol):
     kind: str
 
-    def __call__(self, history_size: int = 1000, queue_size: int = 1000) -> Broker: ...
+    def __call__(
+        self, history_size: int = 1000, queue_size: int = 1000, slow_consumer: SlowConsumer = None
+    ) -> Broker: ...
 
 
-def _memory(request: pytest.FixtureRequest, history_size: int, queue_size: int) -> Broker:
-    return MemoryBroker(history_size=history_size, queue_size=queue_size)
+def _memory(
+    request: pytest.FixtureRequest, history_size: int, queue_size: int, slow: SlowConsumer
+) -> Broker:
+    return MemoryBroker(history_size=history_size, queue_size=queue_size, slow_consumer=slow)
 
 
-def _redis(request: pytest.FixtureRequest, history_size: int, queue_size: int) -> Broker:
+def _redis(
+    request: pytest.FixtureRequest, history_size: int, queue_size: int, slow: SlowConsumer
+) -> Broker:
     from flask_sse_stream._broker.redis import RedisBroker
 
     server: RedisServer = request.getfixturevalue("redis_server")
@@ -111,10 +120,13 @@ def _redis(request: pytest.FixtureRequest, history_size: int, queue_size: int) -
         history_size=history_size,
         queue_size=queue_size,
         key_prefix=f"test-{uuid.uuid4().hex[:12]}:",
+        slow_consumer=slow,
     )
 
 
-def _sentinel(request: pytest.FixtureRequest, history_size: int, queue_size: int) -> Broker:
+def _sentinel(
+    request: pytest.FixtureRequest, history_size: int, queue_size: int, slow: SlowConsumer
+) -> Broker:
     from flask_sse_stream._broker.redis import RedisBroker
 
     group: SentinelGroup = request.getfixturevalue("sentinel_group")
@@ -123,10 +135,13 @@ def _sentinel(request: pytest.FixtureRequest, history_size: int, queue_size: int
         history_size=history_size,
         queue_size=queue_size,
         key_prefix=f"test-{uuid.uuid4().hex[:12]}:",
+        slow_consumer=slow,
     )
 
 
-def _cluster(request: pytest.FixtureRequest, history_size: int, queue_size: int) -> Broker:
+def _cluster(
+    request: pytest.FixtureRequest, history_size: int, queue_size: int, slow: SlowConsumer
+) -> Broker:
     from flask_sse_stream._broker.cluster import ClusterBroker
 
     group: ClusterGroup = request.getfixturevalue("cluster_group")
@@ -135,10 +150,11 @@ def _cluster(request: pytest.FixtureRequest, history_size: int, queue_size: int)
         history_size=history_size,
         queue_size=queue_size,
         key_prefix=f"test-{uuid.uuid4().hex[:12]}:",
+        slow_consumer=slow,
     )
 
 
-_FACTORIES: dict[str, Callable[[pytest.FixtureRequest, int, int], Broker]] = {
+_FACTORIES: dict[str, Callable[[pytest.FixtureRequest, int, int, SlowConsumer], Broker]] = {
     "memory": _memory,
     "redis": _redis,
     "sentinel": _sentinel,
@@ -156,8 +172,10 @@ def make_broker(request: pytest.FixtureRequest) -> Iterator[MakeBroker]:
     factory = _FACTORIES[request.param]
     made: list[Broker] = []
 
-    def make(history_size: int = 1000, queue_size: int = 1000) -> Broker:
-        broker = factory(request, history_size, queue_size)
+    def make(
+        history_size: int = 1000, queue_size: int = 1000, slow_consumer: SlowConsumer = None
+    ) -> Broker:
+        broker = factory(request, history_size, queue_size, slow_consumer)
         made.append(broker)
         return broker
 
