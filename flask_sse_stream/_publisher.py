@@ -125,8 +125,9 @@ class Publisher:
             timeout=timeout,
             **kwargs,
         )
+        self._node = _NodePool(self._pool, self._where)
         self._store = Store(
-            self._execute, keys, history_size, replicas=replicas_to_wait(url), timeout=timeout
+            self._node.execute, keys, history_size, replicas=replicas_to_wait(url), timeout=timeout
         )
 
     def __repr__(self) -> str:
@@ -166,24 +167,12 @@ class Publisher:
             epoch, n = self._store.publish(channel, encode(stored, self._dumps, key))
         return stored.id if stored.id is not None else f"{epoch}-{base36(n)}"
 
-    def _execute(self, commands: Sequence[tuple[Any, ...]], then: Then | None = None) -> list[Any]:
-        try:
-            conn = self._pool.get_connection()
-        except (RedisError, OSError) as exc:
-            raise BrokerUnavailableError(f"Redis at {self._where} is unavailable: {exc}") from exc
-        try:
-            return pipeline(conn, commands, then)
-        except (RedisError, OSError) as exc:
-            raise BrokerUnavailableError(f"Redis at {self._where} is unavailable: {exc}") from exc
-        finally:
-            self._pool.release(conn)
-
     def close(self) -> None:
         """Close the connections; the publisher reconnects if used again."""
         if self._cluster is not None:
             self._cluster.topology.close()
         else:
-            self._pool.disconnect()
+            self._node.close()
             close_sentinels(self._kwargs)
 
     def __enter__(self) -> Publisher:
