@@ -29,7 +29,7 @@ import gevent
 from gevent.hub import Waiter
 
 from ._broker import Subscription
-from ._core import State
+from ._core import IDLE, PENDING
 from ._transport import Interrupted, Transport
 
 if TYPE_CHECKING:
@@ -148,9 +148,9 @@ class SubscriptionFeed:
         # The sink, in the hub: False makes the subscription wake the handler.
         stream = self._stream
         core = self._core
-        if core.state is not State.IDLE or not stream.parked:
+        if core.state is not IDLE or not stream.parked:
             return False
-        return self._take() and stream.flush_beside() and core.state is State.IDLE
+        return self._take() and stream.flush_beside() and core.state is IDLE
 
     def wake(self) -> None:
         self._sub.interrupt()
@@ -272,7 +272,7 @@ class InlineFeed:
             return
         next_frame, item = producer.next_frame, core.item
         while True:
-            if core.state is State.PENDING and not self._flushing:
+            if core.state is PENDING and not self._flushing:
                 # Runs only if the producer waits: then what it made goes out.
                 self._flushing = True
                 stream.hub.loop.run_callback(self._flush)
