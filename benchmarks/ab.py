@@ -38,6 +38,10 @@ from servers import ROOT, SERVERS, Server
 Figure = tuple[str, Callable[[dict[str, Any]], float]]
 
 
+def _shown(value: float) -> str:
+    return f"{value:,.0f}" if value >= 1e4 else f"{value:.4g}"
+
+
 def _largest(stages: dict[str, Any]) -> Any:
     return stages[max(stages, key=int)]
 
@@ -123,14 +127,14 @@ def main() -> None:
                 row = [get(result) for _, get in figures]
                 values[side].append(row)
                 shown = ", ".join(
-                    f"{name} {value:,.4g}" for (name, _), value in zip(figures, row, strict=True)
+                    f"{name} {_shown(value)}" for (name, _), value in zip(figures, row, strict=True)
                 )
                 print(f"rep {rep + 1} {side}: {shown}", flush=True)
     print(f"| {args.scenario.upper()} figure | {args.a} | {args.b} | B / A |")
     print("|---|---|---|---|")
     for index, (name, _) in enumerate(figures):
         a, b = (statistics.median(run[index] for run in values[side]) for side in sources)
-        print(f"| {name} | {a:,.4g} | {b:,.4g} | {b / a:.3f} |")
+        print(f"| {name} | {_shown(a)} | {_shown(b)} | {b / a:.3f} |")
 
 
 if __name__ == "__main__":

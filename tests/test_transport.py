@@ -9,6 +9,7 @@ server only in part; h11 reads the wire strictly on the client's side.
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -205,6 +206,17 @@ def test_a_transport_allows_a_write_beside_only_when_the_server_wrote_exactly_th
     assert transport.can_send(returned) is allowed
 
 
+def test_a_transport_never_writes_beside_a_blocking_descriptor(
+    pair: tuple[gevent.socket.socket, gevent.socket.socket],
+) -> None:
+    # Its write would wait with the whole process.
+    os.set_blocking(pair[0].fileno(), True)
+    transport = Transport(pair[0])
+    transport.response_started(chunked=True)
+    transport.body_written(5)
+    assert not transport.can_send(5)
+
+
 def test_a_transport_never_writes_beside_a_socket_that_is_not_gevents_plain_one() -> None:
     a, b = socket.socketpair()  # the standard library's (as a TLS socket would be: not gevent's)
     try:
@@ -222,6 +234,7 @@ def test_a_transport_sends_what_fits_without_waiting_and_release_leaves_the_sock
 ) -> None:
     server, client = pair
     transport = Transport(server)
+    transport.response_started(chunked=True)
     sent = transport.send(b"y" * 10_000_000)
     assert 0 < sent < 10_000_000  # the rest did not fit, and nothing waited
     assert transport.send(b"z") == 0  # full: refused, at once
