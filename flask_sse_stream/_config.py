@@ -17,10 +17,18 @@ Key                        Default  Meaning
                                     client before the producer is paused.
 ``SSE_HISTORY_SIZE``       ``1000`` Events kept per channel to replay to a client
                                     that reconnects with ``Last-Event-ID``.
+``SSE_HISTORY_TTL``        ``3600`` Seconds a channel's history is kept once
+                                    it has no subscriber and no publish; then
+                                    it is dropped (in Redis: the keys
+                                    expire) and a client that comes back
+                                    with an id of it gets ``sse-reset``.
+                                    ``0`` or ``None``: kept for ever.
 ``SSE_QUEUE_SIZE``         ``1000`` Events a subscriber may fall behind before it
                                     is dropped (it reconnects and replays).
 ``SSE_MAX_CONNECTIONS``    ``None`` Open streams per process; past it a new
-                                    stream gets 503 with ``Retry-After``.
+                                    stream is told to come back later (a
+                                    200 stream with a jittered ``retry:``
+                                    and an ``sse-unavailable`` event).
                                     ``None``: no limit.
 ``SSE_CORS_ORIGINS``       ``()``   Origins allowed to open the blueprint's
                                     streams cross-origin: a list, or ``"*"``.
@@ -54,6 +62,7 @@ DEFAULTS: Mapping[str, Any] = {
     "SSE_WRITE_TIMEOUT": 30,
     "SSE_BUFFER_SIZE": 64,
     "SSE_HISTORY_SIZE": 1000,
+    "SSE_HISTORY_TTL": 3600,
     "SSE_QUEUE_SIZE": 1000,
     "SSE_MAX_CONNECTIONS": None,
     "SSE_CORS_ORIGINS": (),
@@ -146,6 +155,7 @@ class Config:
     write_timeout: float | None
     buffer_size: int
     history_size: int = 1000
+    history_ttl: float | None = 3600.0
     queue_size: int = 1000
     max_connections: int | None = None
     cors_origins: frozenset[str] | None = frozenset()
@@ -168,6 +178,7 @@ class Config:
             write_timeout=seconds("SSE_WRITE_TIMEOUT", get("SSE_WRITE_TIMEOUT")),
             buffer_size=positive_int("SSE_BUFFER_SIZE", get("SSE_BUFFER_SIZE")),
             history_size=positive_int("SSE_HISTORY_SIZE", get("SSE_HISTORY_SIZE")),
+            history_ttl=seconds("SSE_HISTORY_TTL", get("SSE_HISTORY_TTL")),
             queue_size=positive_int("SSE_QUEUE_SIZE", get("SSE_QUEUE_SIZE")),
             max_connections=optional_positive_int(
                 "SSE_MAX_CONNECTIONS", get("SSE_MAX_CONNECTIONS")

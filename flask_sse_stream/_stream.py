@@ -39,6 +39,7 @@ import random
 import socket
 import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol, TypeVar
@@ -53,13 +54,25 @@ from ._event import Event
 from ._feeds import Feed, GreenletFeed, InlineFeed, SubscriptionFeed
 from ._transport import Transport
 
-__all__ = ["HEARTBEAT", "CloseReason", "EventStream", "drain", "heartbeats", "open_streams"]
+__all__ = [
+    "HEARTBEAT",
+    "CloseReason",
+    "EventStream",
+    "admitted_streams",
+    "drain",
+    "heartbeats",
+    "open_streams",
+]
 
 heartbeats: Counter[str] = Counter()
 """Heartbeats sent by this process's streams: ``"direct"``, by the heartbeat
 loop beside the server, and ``"handler"``, through the server."""
 
 _open: set[EventStream] = set()
+# Streams made and not yet closed, started or not: what a connection limit
+# counts, so a burst of requests cannot all pass the check before the first
+# of them starts. Weak: a response that is never served nor closed drops out.
+_admitted: weakref.WeakSet[EventStream] = weakref.WeakSet()
 
 OnClose = Callable[[CloseReason], None]
 T = TypeVar("T")
@@ -78,6 +91,15 @@ class StreamContext(Protocol):
 def open_streams() -> frozenset[EventStream]:
     """Return the streams of this process that are being served right now."""
     return frozenset(_open)
+
+
+def admitted_streams() -> int:
+    """How many streams of this process were made and are not closed yet.
+
+    Counts a stream from the moment its response is made, before the
+    server starts it.
+    """
+    return len(_admitted)
 
 
 def drain(retry: int = 1000, jitter: float = 1.0) -> int:
@@ -205,6 +227,7 @@ class EventStream:
         self.last_write = 0.0
         self.writing_since = 0.0
         """When the server was handed the chunk it is writing now, or 0."""
+        _admitted.add(self)
 
     @property
     def core(self) -> StreamCore:
@@ -435,6 +458,7 @@ class EventStream:
     def close(self) -> None:
         """Release everything; the server calls this when the response ends."""
         core = self._core
+        _admitted.discard(self)
         if core.state is State.NEW:
             core.peer_closed()
             try:

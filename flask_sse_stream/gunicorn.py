@@ -34,6 +34,7 @@ from gunicorn.workers.ggevent import (  # type: ignore[import-untyped]
     PyWSGIHandler,
 )
 
+from ._extension import close_brokers
 from ._server import TransportHandler
 from ._stream import drain
 
@@ -55,8 +56,21 @@ class GeventWorker(GeventPyWSGIWorker):  # type: ignore[misc]
     wsgi_handler = Handler
 
     def run(self) -> None:
+        # gunicorn's own gevent worker gives every request line and its
+        # headers `keepalive` seconds; ours does the same (a slow client
+        # that never finishes its request no longer holds a connection).
+        timeout = float(self.cfg.keepalive) or Handler.request_timeout
+
+        class TimedHandler(Handler):
+            __slots__ = ()
+            request_timeout = timeout
+
+        self.wsgi_handler = TimedHandler
         gevent.spawn(drain_when_stopping, self)
-        super().run()
+        try:
+            super().run()
+        finally:
+            close_brokers()
 
 
 def drain_when_stopping(worker: Any) -> None:

@@ -324,7 +324,7 @@ def test_publish_from_an_os_thread_reaches_subscribers(
     assert [(e.data, e.id) for e in sub.events] == [("from a thread", event_id)]
 
 
-def test_streams_past_max_connections_get_503_with_retry_after(
+def test_streams_past_max_connections_are_told_to_come_back_later(
     server: Server, subscribers: list[Subscriber]
 ) -> None:
     subscribe(server, subscribers, "channel=full", 2)
@@ -338,6 +338,9 @@ def test_streams_past_max_connections_get_503_with_retry_after(
         while chunk := sock.recv(65536):
             response += chunk
     head, _, body = response.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 503")
-    assert b"\r\nRetry-After: 3\r\n" in head
+    assert head.startswith(b"HTTP/1.1 200")
+    assert b"\r\nContent-Type: text/event-stream; charset=utf-8\r\n" in head
+    assert b"\r\nRetry-After: " in head
+    assert body.startswith(b"retry: ")
+    assert b"event: sse-unavailable\n" in body
     assert b"too many open streams" in body
