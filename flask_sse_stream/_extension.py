@@ -206,6 +206,7 @@ def make_broker(config: Config) -> Broker:
             history_size=config.history_size,
             queue_size=config.queue_size,
             key_prefix=config.key_prefix,
+            history_ttl=config.history_ttl,
         )
     _brokers.add(broker)
     return broker

@@ -26,7 +26,7 @@ from flask.json.provider import DefaultJSONProvider
 from redis import BlockingConnectionPool
 from redis.exceptions import RedisError
 
-from ._broker._local import base36, check_sizes
+from ._broker._local import base36, check_sizes, check_ttl
 from ._broker._redis_wire import Keys, Store, connection_factory, encode, pipeline, where
 from ._broker.base import BrokerUnavailableError
 from ._channels import check_channel
@@ -59,6 +59,9 @@ class Publisher:
     :param key_prefix: the web app's key prefix.
     :param history_size: the web app's ``SSE_HISTORY_SIZE``: how many events
         each channel's stream keeps for replay.
+    :param history_ttl: the web app's ``SSE_HISTORY_TTL``: seconds a channel's
+        history is kept once it has no publish and no subscriber; ``None``:
+        for ever.
     :param json_dumps: turns data that is not a ``str`` into JSON text. The
         default encodes as a Flask app with the default JSON provider does;
         pass your app's ``app.json.dumps`` if you changed it.
@@ -74,6 +77,7 @@ class Publisher:
         *,
         key_prefix: str = "sse:",
         history_size: int = 1000,
+        history_ttl: float | None = 3600,
         json_dumps: JSONDumps = flask_json_dumps,
         timeout: float = 5.0,
         max_connections: int = 10,
@@ -91,7 +95,7 @@ class Publisher:
             timeout=timeout,
             **kwargs,
         )
-        self._store = Store(self._execute, keys, history_size)
+        self._store = Store(self._execute, keys, history_size, check_ttl(history_ttl))
 
     def __repr__(self) -> str:
         return f"<Publisher {self._where} prefix={self._store.keys.prefix!r}>"

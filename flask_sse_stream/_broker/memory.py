@@ -248,17 +248,26 @@ class MemoryBroker(LocalFanOut):
         cutoff = now - self._history_ttl
         histories = self._histories
         subscribed = self._subscribers
-        while histories:
-            name = next(iter(histories))
-            history = histories[name]
+        # One pass from the oldest (next(iter()) again after each delete would
+        # walk the deleted slots again: quadratic).
+        due: list[str] = []
+        for name, history in histories.items():
             if history.touched > cutoff:
                 break
-            del histories[name]
+            due.append(name)
+        removed = 0
+        for name in due:
+            history = histories.pop(name)
             if name in subscribed:
                 history.touched = now  # in use: its TTL starts when the last one leaves
                 histories[name] = history
-            elif history.entries:
-                self._expired = max(self._expired, history.entries[-1][0])
+            else:
+                removed += 1
+                if history.entries:
+                    self._expired = max(self._expired, history.entries[-1][0])
+        if removed > 1024 and removed > len(histories):
+            # A dict never gives back its table: copy what is left into a new one.
+            self._histories = dict(histories)
 
     def expire(self) -> None:
         """Drop the histories that have expired now (the broker also does it as it goes)."""

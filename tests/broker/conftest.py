@@ -67,14 +67,20 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 class MakeBroker(Protocol):
-    def __call__(self, history_size: int = 1000, queue_size: int = 1000) -> Broker: ...
+    def __call__(
+        self, history_size: int = 1000, queue_size: int = 1000, history_ttl: float | None = None
+    ) -> Broker: ...
 
 
-def _memory(request: pytest.FixtureRequest, history_size: int, queue_size: int) -> Broker:
-    return MemoryBroker(history_size=history_size, queue_size=queue_size)
+def _memory(
+    request: pytest.FixtureRequest, history_size: int, queue_size: int, history_ttl: float | None
+) -> Broker:
+    return MemoryBroker(history_size=history_size, queue_size=queue_size, history_ttl=history_ttl)
 
 
-def _redis(request: pytest.FixtureRequest, history_size: int, queue_size: int) -> Broker:
+def _redis(
+    request: pytest.FixtureRequest, history_size: int, queue_size: int, history_ttl: float | None
+) -> Broker:
     from flask_sse_stream._broker.redis import RedisBroker
 
     server: RedisServer = request.getfixturevalue("redis_server")
@@ -82,11 +88,12 @@ def _redis(request: pytest.FixtureRequest, history_size: int, queue_size: int) -
         server.url,
         history_size=history_size,
         queue_size=queue_size,
+        history_ttl=history_ttl,
         key_prefix=f"test-{uuid.uuid4().hex[:12]}:",
     )
 
 
-_FACTORIES: dict[str, Callable[[pytest.FixtureRequest, int, int], Broker]] = {
+_FACTORIES: dict[str, Callable[[pytest.FixtureRequest, int, int, float | None], Broker]] = {
     "memory": _memory,
     "redis": _redis,
 }
@@ -99,8 +106,10 @@ def make_broker(request: pytest.FixtureRequest) -> Iterator[MakeBroker]:
     factory = _FACTORIES[request.param]
     made: list[Broker] = []
 
-    def make(history_size: int = 1000, queue_size: int = 1000) -> Broker:
-        broker = factory(request, history_size, queue_size)
+    def make(
+        history_size: int = 1000, queue_size: int = 1000, history_ttl: float | None = None
+    ) -> Broker:
+        broker = factory(request, history_size, queue_size, history_ttl)
         made.append(broker)
         return broker
 
