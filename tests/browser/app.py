@@ -22,6 +22,7 @@ from typing import Any
 
 import gevent
 from flask import Flask, Response, request
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from flask_sse_stream import SSE, CloseReason, Event
 from flask_sse_stream._stream import drain, open_streams
@@ -171,3 +172,21 @@ def journal() -> Iterator[Event]:
             yield Event(lines[number - 1], id=str(number))
         position = max(position, len(lines))
         gevent.sleep(0.02)
+
+
+# A second app, mounted at /limited, that lets one stream of the process open
+# at a time (the limit counts every stream of the process): past it a stream
+# is told to come back later.
+limited = Flask("limited")
+limited.config.update(SSE_HEARTBEAT_INTERVAL=5, SSE_RETRY=300, SSE_MAX_CONNECTIONS=1)
+limited_sse = SSE(limited)
+limited.register_blueprint(limited_sse.blueprint, url_prefix="/events")
+
+
+@limited.post("/publish")
+def limited_publish() -> dict[str, Any]:
+    body: dict[str, Any] = request.get_json()
+    return {"ids": [limited_sse.publish(body["data"], channel=body["channel"])]}
+
+
+app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {"/limited": limited})  # type: ignore[method-assign]

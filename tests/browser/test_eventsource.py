@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from e2e.helpers import HOST, Server, wait_for
+from e2e.helpers import HOST, RawClient, Server, wait_for
 
 from .servers import APP, LIVE, start_gunicorn
 
@@ -335,3 +335,46 @@ def test_after_a_hup_reload_the_browser_moves_to_a_new_worker_at_once(
         f"window.received.some((e) => e.data.startsWith('hello') && e.data !== 'hello from {old}')",
         timeout=7000,
     )
+
+
+def test_a_page_told_to_come_back_later_reconnects_once_a_slot_frees_and_misses_nothing(
+    page: Any, runner: Server
+) -> None:
+    """Issue 11, item 3: past SSE_MAX_CONNECTIONS the answer keeps the EventSource alive.
+
+    Before, the 503 failed the EventSource for good (readyState CLOSED, no
+    reconnect). The page here was drained, came back while the only slot
+    was taken, was told to come back later (a 200 stream with a jittered
+    ``retry:`` and an ``sse-unavailable`` event, no id), and resumed with
+    its Last-Event-ID once the slot freed.
+    """
+    channel = channel_name()
+    open_source(page, runner, f"/limited/events?channel={channel}", listen=("sse-unavailable",))
+    post(runner, "/limited/publish", {"channel": channel, "data": "1"})
+    page.wait_for_function("window.received.length >= 1")
+
+    # Drain the page's stream (it comes back after 1 s) and take the only slot.
+    assert post(runner, "/debug/cut", {"retry": 1000, "channel": channel})["streams"] == 1
+    wait_for(lambda: runner.state()["open_streams"] == 0, 5)
+    holder = RawClient(runner.port)
+    try:
+        holder.request("/limited/events?channel=elsewhere")
+        assert holder.response().status_code == 200
+        assert holder.chunk() == b"retry: 300\n\n"
+        # The page meets the limit at least twice, and keeps trying.
+        page.wait_for_function(
+            "window.received.filter((e) => e.type === 'sse-unavailable').length >= 2"
+        )
+        assert page.evaluate("window.source.readyState") != 2  # not CLOSED
+        for data in ("2", "3"):
+            post(runner, "/limited/publish", {"channel": channel, "data": data})
+    finally:
+        holder.close()
+    page.wait_for_function("window.received.filter((e) => e.type === 'message').length >= 3")
+
+    messages = [e for e in received(page) if e["type"] == "message"]
+    assert [e["data"] for e in messages] == ["1", "2", "3"]
+    refusals = [e for e in received(page) if e["type"] == "sse-unavailable"]
+    assert all(json.loads(e["data"])["reason"] == "full" for e in refusals)
+    assert all(300 <= json.loads(e["data"])["retry"] < 600 for e in refusals)
+    assert page.evaluate("window.source.readyState") == 1  # OPEN
