@@ -175,6 +175,8 @@ class TransportHandler(WSGIHandler):
         finally:
             transport, self._sse_transport = self._sse_transport, None
             if transport is not None:
+                if transport.closing:
+                    self.close_connection = True
                 transport.release()
 
 

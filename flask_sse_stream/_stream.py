@@ -75,6 +75,10 @@ _open: set[EventStream] = set()
 _admitted: weakref.WeakSet[EventStream] = weakref.WeakSet()
 
 OnClose = Callable[[CloseReason], None]
+
+# After these the connection carries no next request: what the client sent
+# meanwhile (a stray CRLF) is not one.
+_NO_NEXT_REQUEST = frozenset({CloseReason.DISCONNECT, CloseReason.WRITE_FAILED, CloseReason.DRAIN})
 T = TypeVar("T")
 
 
@@ -483,6 +487,8 @@ class EventStream:
         if self._watch is not None:
             self._watch.stop()
             self._watch = None
+        if self._transport is not None and core.reason in _NO_NEXT_REQUEST:
+            self._transport.close_after_response()
         if core.reason is CloseReason.DRAIN:
             # The server is stopping: make it close this connection after the
             # response, or the browser reconnects on the same kept-alive
