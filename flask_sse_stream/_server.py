@@ -227,6 +227,7 @@ def serve(
     *,
     drain_timeout: float = 5.0,
     drain_retry: int = 1000,
+    request_timeout: float | None = 10.0,
     access_log: bool = True,
     on_ready: Callable[[str, int], None] | None = None,
 ) -> None:
@@ -237,6 +238,11 @@ def serve(
     (``drain_retry`` milliseconds plus up to as much again at random, so
     clients do not all come back at once), then waits up to
     ``drain_timeout`` seconds for responses to finish before it cuts them.
+    Then it closes the brokers the app's :class:`~flask_sse_stream.SSE` made.
+
+    A client has ``request_timeout`` seconds to send a request line and its
+    headers (``None``: for ever); it is also how long an idle kept-alive
+    connection waits for its next request.
 
     The process must be patched by gevent first: run the app with
     ``flask-sse-stream serve module:app``, or call
@@ -253,10 +259,15 @@ def serve(
             "`from gevent import monkey; monkey.patch_all()` before importing anything else."
         )
     pool = Pool()  # unbounded; a pool lets shutdown wait for the handlers
+
+    class Handler(SSEHandler):
+        __slots__ = ()
+
+    Handler.request_timeout = request_timeout
     server = _DrainingServer(
         (host, port),
         app,
-        handler_class=SSEHandler,
+        handler_class=Handler,
         spawn=pool,
         log=sys.stderr if access_log else None,
     )
@@ -271,6 +282,9 @@ def serve(
         for handler in handlers:
             handler.cancel()
         _drain(server, pool, drain_retry, drain_timeout)
+        from ._extension import close_brokers  # Flask: not before the patching
+
+        close_brokers()
 
 
 def _drain(server: _DrainingServer, pool: Pool, retry: int, timeout: float) -> None:

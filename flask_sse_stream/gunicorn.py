@@ -34,7 +34,6 @@ from gunicorn.workers.ggevent import (  # type: ignore[import-untyped]
     PyWSGIHandler,
 )
 
-from ._extension import close_brokers
 from ._server import TransportHandler
 from ._stream import drain
 
@@ -70,6 +69,8 @@ class GeventWorker(GeventPyWSGIWorker):  # type: ignore[misc]
         try:
             super().run()
         finally:
+            from ._extension import close_brokers  # Flask: not before the patching
+
             close_brokers()
 
 
