@@ -169,6 +169,16 @@ class TransportHandler(WSGIHandler):
         if transport is not None:
             transport.body_written(len(data))
 
+    def handle_error(self, t: Any, v: Any, tb: Any) -> None:
+        transport = self._sse_transport
+        if transport is not None and transport.closing and issubclass(t, OSError):
+            # The stream dropped its client (gone, or a write that took
+            # longer than SSE_WRITE_TIMEOUT, ended by shutting the socket
+            # down): the write that failed is not the server's error.
+            self.close_connection = True
+            return
+        super().handle_error(t, v, tb)
+
     def handle_one_response(self) -> None:
         try:
             super().handle_one_response()

@@ -171,6 +171,7 @@ def test_streams_are_told_to_come_back_while_redis_is_unreachable(tmp_path: Path
     dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     server = start_gunicorn("gevent", tmp_path, env={"SSE_TEST_BROKER_URL": dead})
     try:
+        started = time.monotonic()
         for _ in range(3):
             status, body = server.get("/events?channel=down", timeout=30)
             assert status == 200, body
@@ -178,7 +179,11 @@ def test_streams_are_told_to_come_back_while_redis_is_unreachable(tmp_path: Path
             (line,) = [x for x in body.split(b"\n") if x.startswith(b"data: ")]
             assert json.loads(line[6:])["reason"] == "unavailable"
         log = server.log()
-        assert log.count("Broker unavailable") == 1  # once per 10 s, not per client
+        # One line per 10 s of the outage (each refusal here waits for the
+        # broker's 5 s timeout), not one per client.
+        lines = log.count("Broker unavailable")
+        assert 1 <= lines <= 1 + int((time.monotonic() - started) // 10)
+        assert lines < 3
         assert "Traceback" not in log
     finally:
         server.stop()
