@@ -179,4 +179,5 @@ def test_a_slowloris_connection_is_closed(server: Server, request: pytest.Fixtur
                 pass
         except ConnectionResetError:
             pass
-        assert time.monotonic() - started < 15
+        # The e2e runner has --request-timeout 3; gunicorn's keepalive is 2 s.
+        assert time.monotonic() - started < 6
