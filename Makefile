@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: run test test-flask-next lint soak docs dist sdist-test bench bench-quick clean
+.PHONY: run run-htmx run-llm run-datastar vendor test test-flask-next lint soak docs dist sdist-test bench bench-quick soak-failover clean
 
 # The project editable, with the `dev` dependency group of pyproject.toml
 # (test, lint and docs tools; groups need pip >= 25.1).
@@ -18,6 +18,22 @@ $(BIN)/.installed: pyproject.toml
 
 run: $(BIN)/.installed
 	$(BIN)/flask-sse-stream serve examples.demo:app --host $(HOST) --port $(PORT)
+
+# The other examples (examples/*.py, each with a page in the guide), on the same address.
+run-htmx: $(BIN)/.installed
+	$(BIN)/flask-sse-stream serve examples.htmx_dashboard:app --host $(HOST) --port $(PORT)
+
+run-llm: $(BIN)/.installed
+	$(BIN)/flask-sse-stream serve examples.llm_tokens:app --host $(HOST) --port $(PORT)
+
+run-datastar: $(BIN)/.installed
+	$(BIN)/flask-sse-stream serve examples.datastar_counter:app --host $(HOST) --port $(PORT)
+
+# The browser libraries the examples serve (htmx, its sse extension,
+# eventsource-parser), from the npm registry into examples/static/vendor with
+# their licenses; the result is committed, so the examples need no npm.
+vendor: $(BIN)/.installed
+	$(BIN)/python examples/vendor.py
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check flask_sse_stream tests examples benchmarks docs/conf.py docs/examples
@@ -55,18 +71,37 @@ test: lint docs dist
 # connections that end badly per server, on each of the four servers, with
 # fds, greenlets, RSS and open streams compared before and after (a few
 # minutes). `make test` runs it with 200 per server. SOAK_REPORT collects
-# the figures as JSON lines.
+# the figures as JSON lines. Then the history-TTL tests with SOAK_CHANNELS
+# short-lived channels in the memory broker and in Redis (10,000 in `make test`).
 SOAK_CYCLES ?= 10000
+SOAK_CHANNELS ?= 100000
 SOAK_REPORT ?= soak-report.jsonl
 
 soak: $(BIN)/.installed
 	rm -f $(SOAK_REPORT)
 	SOAK_CYCLES=$(SOAK_CYCLES) SOAK_REPORT=$(abspath $(SOAK_REPORT)) $(BIN)/pytest -p no:cacheprovider -rP tests/soak
+	SOAK_CHANNELS=$(SOAK_CHANNELS) $(BIN)/pytest -p no:cacheprovider -q tests/broker/test_memory.py -k short_lived_channels
+	SOAK_CHANNELS=$(SOAK_CHANNELS) $(BIN)/python -m gevent.monkey --module pytest -p no:cacheprovider -q \
+		tests/broker/test_redis.py -m redis -k short_lived_channels
 	@cat $(SOAK_REPORT)
+
+# Long failover runs, not in `make test`: the tests that kill a Sentinel or
+# cluster primary (or move a slot) under 100 events/s, ROUNDS times each
+# (about 2.5 minutes a round on 2 cores). They need redis-server 7 on PATH.
+ROUNDS ?= 10
+
+soak-failover: $(BIN)/.installed
+	@set -e; for round in $$(seq $(ROUNDS)); do \
+		echo "soak-failover: round $$round of $(ROUNDS)"; \
+		$(BIN)/python -m gevent.monkey --module pytest -p no:cacheprovider -q -s \
+			tests/broker/test_sentinel.py tests/broker/test_cluster.py -m redis -k "killing or moving"; \
+		$(BIN)/pytest -p no:cacheprovider -q -s tests/e2e/test_e2e_failover.py; \
+	done
 
 # The extension, views, stream and end-to-end tests against a wheel of Flask's
 # unreleased main branch (../shared/upstream, see its README), in a throwaway
-# virtualenv; skipped, with the reason, where that folder is absent.
+# virtualenv, without the Redis ones (this run is about Flask's contexts);
+# skipped, with the reason, where that folder is absent.
 UPSTREAM ?= ../shared/upstream
 FLASK_NEXT = $(firstword $(wildcard $(UPSTREAM)/flask-*.whl))
 NEXT_VENV := .venv-flask-next
@@ -83,7 +118,7 @@ test-flask-next: $(BIN)/.installed
 	$(NEXT_VENV)/bin/pip install --quiet -e . --group test; \
 	$(NEXT_VENV)/bin/pip install --quiet --no-deps --force-reinstall "$(FLASK_NEXT)"; \
 	$(NEXT_VENV)/bin/python -c 'import flask, importlib.metadata as m; print("test-flask-next: Flask", m.version("flask"))'; \
-	$(NEXT_VENV)/bin/pytest -p no:cacheprovider $(NEXT_TESTS); \
+	$(NEXT_VENV)/bin/pytest -p no:cacheprovider -m "not redis" $(NEXT_TESTS); \
 	rm -rf $(NEXT_VENV)
 
 # The benchmarks against the peers (docs/benchmarks.md); the peers get a

@@ -20,17 +20,21 @@ __all__ = [
     "BrokerStats",
     "BrokerUnavailableError",
     "CloseReason",
+    "ClusterBroker",
     "Comment",
     "ConfigError",
     "Event",
     "InvalidChannelError",
     "InvalidEventError",
     "MemoryBroker",
+    "Presence",
     "Publisher",
     "RedisBroker",
     "SSEError",
     "Stats",
     "Subscription",
+    "completion_chunks",
+    "render_fragment",
     "serve",
 ]
 
@@ -43,6 +47,8 @@ _HOMES = {
     "Subscription": "._broker",
     "BrokerUnavailableError": "._broker",
     "RedisBroker": "._broker.redis",
+    "ClusterBroker": "._broker.cluster",
+    "Presence": "._presence",
     "Publisher": "._publisher",
     "InvalidChannelError": "._channels",
     "ConfigError": "._errors",
@@ -54,6 +60,8 @@ _HOMES = {
     "Stats": "._extension",
     "serve": "._server",
     "CloseReason": "._stream",
+    "completion_chunks": "._tokens",
+    "render_fragment": "._fragments",
 }
 
 if TYPE_CHECKING:
@@ -66,14 +74,18 @@ if TYPE_CHECKING:
         MemoryBroker,
         Subscription,
     )
+    from ._broker.cluster import ClusterBroker
     from ._broker.redis import RedisBroker
     from ._channels import InvalidChannelError
     from ._errors import ConfigError, InvalidEventError, SSEError
     from ._event import Comment, Event
     from ._extension import SSE, Stats
+    from ._fragments import render_fragment
+    from ._presence import Presence
     from ._publisher import Publisher
     from ._server import serve
     from ._stream import CloseReason
+    from ._tokens import completion_chunks
 
 
 def __getattr__(name: str) -> Any:

@@ -38,9 +38,27 @@ Key                        Default  Meaning
                                     format at the blueprint's ``/metrics``.
 ``SSE_BROKER_URL``         ``None`` ``redis://host:port/db`` (or ``rediss://``,
                                     ``unix://``) to share events between
-                                    processes through Redis; ``None``: the
-                                    in-process broker.
+                                    processes through Redis;
+                                    ``redis+sentinel://h:26379,.../service``
+                                    behind Redis Sentinel;
+                                    ``redis+cluster://h:7000,...`` across a
+                                    Redis Cluster; ``None``: the in-process
+                                    broker.
 ``SSE_KEY_PREFIX``         ``sse:`` Prefix of every Redis key the broker uses.
+``SSE_PRESENCE``           False    Track who is on the blueprint's channels
+                                    (``True``), and also send ``sse-join`` /
+                                    ``sse-leave`` on the channels matching a
+                                    list of patterns such as ``["room:*"]``.
+``SSE_PRESENCE_GRACE``     ``5``    Seconds an identity may be gone before its
+                                    ``sse-leave`` is sent (a reload or a
+                                    reconnect in between is neither a leave
+                                    nor a join).
+``SSE_PRESENCE_TTL``       ``15``   Seconds after which a worker that died
+                                    without cleaning up drops out of
+                                    presence (Redis); renewed a third of it
+                                    apart.
+``SSE_ADMIN``              False    Serve the operator page at the blueprint's
+                                    ``/admin``, behind ``@sse.admin_check``.
 =========================  =======  ==============================================
 
 The keys are read once, by :meth:`SSE.init_app`; change them before that.
@@ -70,6 +88,10 @@ DEFAULTS: Mapping[str, Any] = {
     "SSE_METRICS": False,
     "SSE_BROKER_URL": None,
     "SSE_KEY_PREFIX": "sse:",
+    "SSE_PRESENCE": False,
+    "SSE_PRESENCE_GRACE": 5,
+    "SSE_PRESENCE_TTL": 15,
+    "SSE_ADMIN": False,
 }
 
 
@@ -131,7 +153,9 @@ def broker_url(name: str, value: Any) -> str | None:
     """Check a broker URL: ``None`` (in-process) or a Redis URL."""
     if value is None:
         return None
-    if not isinstance(value, str) or not value.startswith(("redis://", "rediss://", "unix://")):
+    if not isinstance(value, str) or not value.startswith(
+        ("redis://", "rediss://", "unix://", "redis+sentinel://", "redis+cluster://")
+    ):
         raise ConfigError(
             f"{name} must be None (the in-process broker) or a Redis URL such as "
             f"'redis://localhost:6379/0', got {str(value)[:80]!r}"
@@ -144,6 +168,40 @@ def text(name: str, value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{name} must be a non-empty string, got {value!r}")
     return value
+
+
+def presence(name: str, value: Any) -> tuple[bool, tuple[str, ...]]:
+    """Check ``SSE_PRESENCE``: off, on, or on with join/leave events on some channels.
+
+    Returns whether presence is tracked and the :mod:`fnmatch` patterns of
+    the channels that get ``sse-join`` and ``sse-leave`` events.
+    """
+    if isinstance(value, bool):
+        return value, ()
+    if (
+        isinstance(value, str)
+        or not isinstance(value, list | tuple | set | frozenset)
+        or not all(isinstance(pattern, str) and pattern for pattern in value)
+    ):
+        raise ConfigError(
+            f"{name} must be False, True (track every channel) or a list of channel "
+            f'patterns that also get join and leave events, like ["room:*"], got {value!r}'
+        )
+    return True, tuple(value)
+
+
+def positive_seconds(name: str, value: Any) -> float:
+    """Check a duration in seconds that must be more than 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigError(f"{name} must be a number of seconds above 0, got {value!r}")
+    return float(value)
+
+
+def nonnegative_seconds(name: str, value: Any) -> float:
+    """Check a duration in seconds that may be 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ConfigError(f"{name} must be a number of seconds, 0 or more, got {value!r}")
+    return float(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +222,13 @@ class Config:
     metrics: bool = False
     broker_url: str | None = None
     key_prefix: str = "sse:"
+    presence: bool = False
+    """Whether the blueprint tracks who is on its channels."""
+    presence_events: tuple[str, ...] = ()
+    """Patterns of the channels that get ``sse-join`` and ``sse-leave``."""
+    presence_grace: float = 5.0
+    presence_ttl: float = 15.0
+    admin: bool = False
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any]) -> Config:
@@ -171,6 +236,8 @@ class Config:
 
         def get(key: str) -> Any:
             return config.get(key, DEFAULTS[key])
+
+        tracked, events = presence("SSE_PRESENCE", get("SSE_PRESENCE"))
 
         return cls(
             heartbeat_interval=seconds("SSE_HEARTBEAT_INTERVAL", get("SSE_HEARTBEAT_INTERVAL")),
@@ -188,6 +255,11 @@ class Config:
             metrics=flag("SSE_METRICS", get("SSE_METRICS")),
             broker_url=broker_url("SSE_BROKER_URL", get("SSE_BROKER_URL")),
             key_prefix=text("SSE_KEY_PREFIX", get("SSE_KEY_PREFIX")),
+            presence=tracked,
+            presence_events=events,
+            presence_grace=nonnegative_seconds("SSE_PRESENCE_GRACE", get("SSE_PRESENCE_GRACE")),
+            presence_ttl=positive_seconds("SSE_PRESENCE_TTL", get("SSE_PRESENCE_TTL")),
+            admin=flag("SSE_ADMIN", get("SSE_ADMIN")),
         ).checked()
 
     def checked(self) -> Config:

@@ -32,8 +32,11 @@ from ._channels import check_channel, last_event_id
 from ._config import Config
 from ._errors import InvalidEventError
 from ._event import Comment, Event, JSONDumps
+from ._presence import MemoryStore, Presence, Store, Tracker
+from ._publish import event_to_publish
 from ._stream import CloseReason, EventStream, admitted_streams, heartbeats, open_streams
 from ._transport import ENVIRON_KEY as TRANSPORT_KEY
+from .datastar import is_datastar_event, to_event
 
 __all__ = ["SSE", "Stats", "close_brokers", "come_back_later", "stream_headers"]
 
@@ -57,6 +60,8 @@ class _Default:
 _HEARTBEAT_FROM_CONFIG: Final = _Default("SSE_HEARTBEAT_INTERVAL")
 _RETRY_FROM_CONFIG: Final = _Default("SSE_RETRY")
 _LAST_ID_FROM_REQUEST: Final = _Default("the request's Last-Event-ID")
+IDENTITY_KEY: Final = "flask_sse_stream.identity"
+"""Where ``_is_allowed`` keeps the identity the authorization hook returned."""
 
 
 class Stats(TypedDict):
@@ -125,11 +130,11 @@ def encoder(dumps: JSONDumps) -> Callable[[Any], bytes]:
                 if type(item) is not str:
                     return Event(item).encode()
             elif isinstance(item, str):
-                return Event(item).encode()
+                return (to_event(item) if is_datastar_event(item) else Event(item)).encode()
             else:
                 raise InvalidEventError(
-                    "a stream may yield an Event, a Comment, a str (the data) or a dict "
-                    f"or list (sent as JSON), not {type(item).__name__}"
+                    "a stream may yield an Event, a Comment, a str (the data), a dict "
+                    f"or list (sent as JSON) or a datastar-py event, not {type(item).__name__}"
                 )
         # One line of text is most of what streams send: its frame is a single
         # data line, and building an Event for it costs more than the rest of
@@ -155,6 +160,8 @@ class _AppState:
     _broker_pid: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _encoder: tuple[JSONDumps, Callable[[Any], bytes]] | None = None
+    _tracker: Tracker | None = None
+    _tracker_of: Broker | None = None
 
     def item_encoder(self, dumps: JSONDumps) -> Callable[[Any], bytes]:
         """The :func:`encoder` for ``dumps``, built once per application.
@@ -184,6 +191,40 @@ class _AppState:
                 broker = self._broker
         return broker
 
+    @property
+    def tracker(self) -> Tracker:
+        """This process's presence tracker, made with its broker (``SSE_PRESENCE``)."""
+        broker = self.broker
+        tracker = self._tracker
+        if tracker is None or self._tracker_of is not broker:
+            with self._lock:
+                if self._tracker is None or self._tracker_of is not broker:
+                    self._tracker = make_tracker(self.config, broker)
+                    self._tracker_of = broker
+                tracker = self._tracker
+        return tracker
+
+
+def make_tracker(config: Config, broker: Broker) -> Tracker:
+    """The presence tracker for ``broker``: counts in Redis with the Redis broker."""
+    store: Store
+    renew_every = None
+    if config.broker_url is None:
+        store = MemoryStore()
+    else:
+        from ._broker._presence_redis import RedisStore
+
+        execute = broker.execute  # type: ignore[attr-defined]
+        store = RedisStore(execute, config.key_prefix, config.presence_ttl)
+        renew_every = config.presence_ttl / 3
+    return Tracker(
+        store,
+        broker,
+        events=config.presence_events,
+        grace=config.presence_grace,
+        renew_every=renew_every,
+    )
+
 
 _brokers: weakref.WeakSet[Any] = weakref.WeakSet()
 
@@ -197,6 +238,16 @@ def make_broker(config: Config) -> Broker:
             history_size=config.history_size,
             queue_size=config.queue_size,
             history_ttl=config.history_ttl,
+        )
+    elif url.startswith("redis+cluster://"):
+        from ._broker.cluster import ClusterBroker  # needs the redis extra
+
+        # No SSE_HISTORY_TTL in a cluster yet: its histories are kept (CHANGES.md).
+        broker = ClusterBroker(
+            url,
+            history_size=config.history_size,
+            queue_size=config.queue_size,
+            key_prefix=config.key_prefix,
         )
     else:
         from ._broker.redis import RedisBroker  # needs the redis extra
@@ -265,6 +316,18 @@ def _hold() -> Iterator[str]:
     held = stream_with_context(iter(("",)))
     next(held)
     return held
+
+
+def read_body() -> None:
+    """Read the request's body now, before the stream starts (it stays in ``request``).
+
+    A stream watches the client's socket to see it close; body bytes still
+    unread there would make it readable, which is not a close, and the
+    watch would be spent on them. A ``POST`` view's generator then still
+    calls ``request.get_json()`` as usual, from the cached body.
+    """
+    if request.content_length or "chunked" in request.headers.get("Transfer-Encoding", ""):
+        request.get_data(cache=True)
 
 
 class _ViewContexts:
@@ -354,7 +417,9 @@ class SSE:
 
     def __init__(self, app: Flask | None = None) -> None:
         self._on_close: list[OnClose] = []
-        self._authorize: Callable[[str], bool] | None = None
+        self._authorize: Callable[[str], Any] | None = None
+        self._identify: Callable[[], Any] | None = None
+        self._admin_check: Callable[[], bool] | None = None
         self._blueprint: Blueprint | None = None
         if app is not None:
             self.init_app(app)
@@ -407,23 +472,26 @@ class SSE:
         event: str | None = None,
         id: str | None = None,
         retry: int | None = None,
+        app: Flask | None = None,
     ) -> str:
         """Send an event to every subscriber of ``channel``; return its id.
 
-        ``data`` is a ``str`` or anything the app's JSON provider encodes. The
-        broker assigns an id when none is given. Works in a view, in a
-        greenlet or thread with an application context
-        (``with app.app_context(): sse.publish(...)``); the event is encoded
-        once and every subscriber gets the same bytes.
+        ``data`` is a ``str`` or anything the app's JSON provider encodes, or
+        a whole event: an :class:`Event` or a datastar-py event, whose own
+        fields are used (then ``event``, ``id`` and ``retry`` must not be
+        given). The broker assigns an id when none is given. Works in a view,
+        or in a greenlet or thread given the application (``app=app``) or
+        inside ``with app.app_context():``; the event is encoded once and
+        every subscriber gets the same bytes.
 
         :raises InvalidEventError: if a field cannot be sent.
         :raises InvalidChannelError: if ``channel`` is not a valid name.
         """
         check_channel(channel)
-        state = self._state()
-        if not isinstance(data, str):
-            data = current_app.json.dumps(data)
-        published = state.broker.publish(channel, Event(data, event=event, id=id, retry=retry))
+        state = self._state(app)
+        dumps = (app or current_app).json.dumps
+        item = event_to_publish(data, event=event, id=id, retry=retry, dumps=dumps)
+        published = state.broker.publish(channel, item)
         assert published.id is not None
         return published.id
 
@@ -473,19 +541,76 @@ class SSE:
             )
         return self._state().broker.subscribe(channels, last_id)
 
-    def authorize(self, callback: Callable[[str], bool]) -> Callable[[str], bool]:
-        """Register ``callback(channel) -> bool`` to decide, per request, who may subscribe.
+    def authorize(self, callback: Callable[[str], Any]) -> Callable[[str], Any]:
+        """Register ``callback(channel)`` to decide, per request, who may subscribe.
 
-        It runs in the request context of a blueprint stream, once per
-        requested channel; ``False`` answers 403 naming the channel. Without
-        one, every valid channel is allowed. Usable as a decorator.
+        It runs in the request context of a blueprint stream (and of the
+        blueprint's ``/presence``), once per requested channel; a false
+        value answers 403 naming the channel. Without one, every valid
+        channel is allowed. A true value other than ``True`` is the
+        stream's identity for presence, unless ``@sse.identify`` gives one
+        (see :meth:`presence`). Usable as a decorator.
         """
         self._authorize = callback
         return callback
 
+    def identify(self, callback: Callable[[], Any]) -> Callable[[], Any]:
+        """Register ``callback() -> identity`` to say whom a blueprint stream belongs to.
+
+        It runs in the request context of each blueprint stream, after the
+        authorization, when ``SSE_PRESENCE`` is on. The identity is any
+        short JSON-able value, such as ``{"id": 7, "name": "Ada"}``; ``None``
+        means anonymous (counted, not listed). Usable as a decorator.
+        """
+        self._identify = callback
+        return callback
+
+    def admin_check(self, callback: Callable[[], bool]) -> Callable[[], bool]:
+        """Register ``callback() -> bool``: may this request see the operator page?
+
+        It runs in the request context of the blueprint's ``/admin`` pages,
+        which ``SSE_ADMIN = True`` turns on; without a check they answer 403.
+        Usable as a decorator.
+        """
+        self._admin_check = callback
+        return callback
+
+    def presence(self, channel: str) -> Presence:
+        """Who is subscribed to ``channel`` through the blueprint right now.
+
+        Each identity once, however many tabs, workers and hosts it has
+        open, and the number of connections (anonymous ones included).
+        With the Redis broker it covers every worker and host sharing the
+        ``SSE_KEY_PREFIX``; a worker that died without cleaning up drops
+        out within ``SSE_PRESENCE_TTL`` seconds. Waits for Redis.
+
+        :raises RuntimeError: if ``SSE_PRESENCE`` is off.
+        :raises InvalidChannelError: if ``channel`` is not a valid name.
+        :raises BrokerUnavailableError: if Redis cannot be reached in time.
+        """
+        check_channel(channel)
+        state = self._state()
+        if not state.config.presence:
+            raise RuntimeError(
+                "presence is off: set SSE_PRESENCE = True (or a list of channel patterns "
+                "that also get join and leave events) before init_app"
+            )
+        return state.tracker.presence(channel)
+
     def _is_allowed(self, channel: str) -> bool:
         """Ask the authorization hook whether this request may subscribe to ``channel``."""
-        return self._authorize is None or bool(self._authorize(channel))
+        if self._authorize is None:
+            return True
+        verdict = self._authorize(channel)
+        if verdict and verdict is not True and has_request_context():
+            request.environ.setdefault(IDENTITY_KEY, verdict)
+        return bool(verdict)
+
+    def _identity(self) -> Any:
+        """This request's identity: ``@sse.identify``'s, else the authorization's."""
+        if self._identify is not None:
+            return self._identify()
+        return request.environ.get(IDENTITY_KEY)
 
     def _refuse_if_full(self) -> Response | None:
         """The answer for a new stream past ``SSE_MAX_CONNECTIONS``, or ``None``.
@@ -530,8 +655,8 @@ class SSE:
             "heartbeats": {way: heartbeats[way] for way in ("direct", "handler")},
         }
 
-    def _state(self) -> _AppState:
-        state = current_app.extensions.get("sse")
+    def _state(self, app: Flask | None = None) -> _AppState:
+        state = (app or current_app).extensions.get("sse")
         if state is None:
             raise RuntimeError(
                 "SSE is not registered with this Flask app: call sse.init_app(app) "
@@ -581,6 +706,8 @@ class SSE:
         preamble = Event(None, retry=retry_ms).encode() if retry_ms is not None else b":\n\n"
         app = current_app._get_current_object()  # type: ignore[attr-defined]
         environ = request.environ if has_request_context() else {}
+        if environ:
+            read_body()
         callbacks = tuple(self._on_close)
         closed = state.closed
 

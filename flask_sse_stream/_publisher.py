@@ -18,24 +18,46 @@ safe to share between threads.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
 from flask.json.provider import DefaultJSONProvider
 from redis import BlockingConnectionPool
+from redis.connection import Connection
 from redis.exceptions import RedisError
 
+from ._broker._cluster_wire import (
+    CLUSTER_SCHEME,
+    Address,
+    ClusterKeys,
+    ClusterStore,
+    Topology,
+    cluster_settings,
+)
 from ._broker._local import base36, check_sizes, check_ttl
-from ._broker._redis_wire import Keys, Store, connection_factory, encode, pipeline, where
+from ._broker._redis_wire import (
+    Keys,
+    Store,
+    Then,
+    close_sentinels,
+    connection_factory,
+    encode,
+    pipeline,
+    replicas_to_wait,
+    where,
+)
 from ._broker.base import BrokerUnavailableError
 from ._channels import check_channel
-from ._event import Event, JSONDumps
+from ._event import JSONDumps
+from ._publish import event_to_publish
 
 __all__ = ["Publisher"]
 
 # redis-py's pool has no annotations; strict mypy would flag every call.
 _BlockingPool: Any = BlockingConnectionPool
+_Connection: Any = Connection
 
 
 def flask_json_dumps(value: Any) -> str:
@@ -55,7 +77,8 @@ def flask_json_dumps(value: Any) -> str:
 class Publisher:
     """Publishes events to the subscribers of a :class:`~flask_sse_stream._broker.RedisBroker`.
 
-    :param url: the Redis URL the web app uses (``SSE_BROKER_URL``).
+    :param url: the Redis URL the web app uses (``SSE_BROKER_URL``), a
+        ``redis+sentinel://`` or ``redis+cluster://`` one included.
     :param key_prefix: the web app's key prefix.
     :param history_size: the web app's ``SSE_HISTORY_SIZE``: how many events
         each channel's stream keeps for replay.
@@ -68,7 +91,8 @@ class Publisher:
     :param timeout: seconds to connect, or to wait for a reply, before
         :class:`~flask_sse_stream._broker.BrokerUnavailableError`.
     :param max_connections: connections kept for the threads that publish
-        at once; a thread that finds none free waits for one up to ``timeout``.
+        at once (per primary, in a cluster); a thread that finds none free
+        waits for one up to ``timeout``.
     """
 
     def __init__(
@@ -83,22 +107,40 @@ class Publisher:
         max_connections: int = 10,
     ) -> None:
         check_sizes(history_size, 1)
-        keys = Keys(key_prefix)
+        # A Redis Cluster keeps histories without expiry for now (CHANGES.md).
+        ttl = check_ttl(history_ttl)
         self._dumps = json_dumps
+        self._prefix = key_prefix
+        self._cluster: ClusterStore | None = None
+        self._clock = 0
+        self._clock_lock = threading.Lock()
+        if url.startswith(CLUSTER_SCHEME + "://"):
+            self._cluster = _cluster_store(url, key_prefix, history_size, timeout, max_connections)
+            self._where = "a Redis Cluster"
+            return
+        keys = Keys(key_prefix)
         connection_class, kwargs = connection_factory(
             url, timeout=timeout, socket_timeout=timeout, name="flask-sse-stream:publisher"
         )
         self._where = where(kwargs)
+        self._kwargs = kwargs
         self._pool = _BlockingPool(
             connection_class=connection_class,
             max_connections=max_connections,
             timeout=timeout,
             **kwargs,
         )
-        self._store = Store(self._execute, keys, history_size, check_ttl(history_ttl))
+        self._store = Store(
+            self._execute,
+            keys,
+            history_size,
+            ttl,
+            replicas=replicas_to_wait(url),
+            timeout=timeout,
+        )
 
     def __repr__(self) -> str:
-        return f"<Publisher {self._where} prefix={self._store.keys.prefix!r}>"
+        return f"<Publisher {self._where} prefix={self._prefix!r}>"
 
     def publish(
         self,
@@ -111,7 +153,8 @@ class Publisher:
     ) -> str:
         """Send an event to every subscriber of ``channel``; return its id.
 
-        The arguments are those of ``sse.publish``. Blocks until Redis has
+        The arguments are those of ``sse.publish`` (``data`` may be a whole
+        :class:`Event` or a datastar-py event). Blocks until Redis has
         stored and published the event (one round trip).
 
         :raises InvalidEventError: if a field cannot be sent.
@@ -120,19 +163,24 @@ class Publisher:
             the event may or may not have been published.
         """
         check_channel(channel)
-        if not isinstance(data, str):
-            data = self._dumps(data)
-        stored = Event(data, event=event, id=id, retry=retry)
-        epoch, n = self._store.publish(channel, encode(stored, self._dumps))
+        stored = event_to_publish(data, event=event, id=id, retry=retry, dumps=self._dumps)
+        if self._cluster is not None:
+            with self._clock_lock:
+                floor = self._clock + 1
+            epoch, n = self._cluster.publish(channel, encode(stored, self._dumps), floor)
+            with self._clock_lock:
+                self._clock = max(self._clock, n)
+        else:
+            epoch, n = self._store.publish(channel, encode(stored, self._dumps))
         return stored.id if stored.id is not None else f"{epoch}-{base36(n)}"
 
-    def _execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    def _execute(self, commands: Sequence[tuple[Any, ...]], then: Then | None = None) -> list[Any]:
         try:
             conn = self._pool.get_connection()
         except (RedisError, OSError) as exc:
             raise BrokerUnavailableError(f"Redis at {self._where} is unavailable: {exc}") from exc
         try:
-            return pipeline(conn, commands)
+            return pipeline(conn, commands, then)
         except (RedisError, OSError) as exc:
             raise BrokerUnavailableError(f"Redis at {self._where} is unavailable: {exc}") from exc
         finally:
@@ -140,7 +188,11 @@ class Publisher:
 
     def close(self) -> None:
         """Close the connections; the publisher reconnects if used again."""
-        self._pool.disconnect()
+        if self._cluster is not None:
+            self._cluster.topology.close()
+        else:
+            self._pool.disconnect()
+            close_sentinels(self._kwargs)
 
     def __enter__(self) -> Publisher:
         return self
@@ -152,3 +204,56 @@ class Publisher:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class _NodePool:
+    """Blocking, thread-safe connections to one cluster node."""
+
+    def __init__(self, pool: Any, where: str) -> None:
+        self._pool = pool
+        self._where = where
+
+    def execute(self, commands: Sequence[tuple[Any, ...]], then: Then | None = None) -> list[Any]:
+        try:
+            conn = self._pool.get_connection()
+        except (RedisError, OSError) as exc:
+            raise BrokerUnavailableError(f"Redis at {self._where} is unavailable: {exc}") from exc
+        try:
+            return pipeline(conn, commands, then)
+        except (RedisError, OSError) as exc:
+            raise BrokerUnavailableError(f"Redis at {self._where} is unavailable: {exc}") from exc
+        finally:
+            self._pool.release(conn)
+
+    def close(self) -> None:
+        self._pool.disconnect()
+
+
+def _cluster_store(
+    url: str, key_prefix: str, history_size: int, timeout: float, max_connections: int
+) -> ClusterStore:
+    settings = cluster_settings(url, timeout=timeout, socket_timeout=timeout)
+
+    def executor(address: Address) -> _NodePool:
+        pool = _BlockingPool(
+            connection_class=Connection,
+            host=address[0],
+            port=address[1],
+            max_connections=max_connections,
+            timeout=timeout,
+            client_name="flask-sse-stream:publisher",
+            **settings.connection,
+        )
+        return _NodePool(pool, f"{address[0]}:{address[1]}")
+
+    def connect(address: Address) -> Any:
+        return _Connection(host=address[0], port=address[1], **settings.connection)
+
+    topology = Topology(settings.seeds, executor, connect)
+    return ClusterStore(
+        topology,
+        ClusterKeys(key_prefix),
+        history_size,
+        replicas=settings.replicas,
+        timeout=timeout,
+    )

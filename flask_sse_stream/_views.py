@@ -17,7 +17,9 @@ reconnects by itself and replays what it missed. A 503 would make
 
 ``OPTIONS`` answers CORS preflights for the origins in ``SSE_CORS_ORIGINS``.
 With ``SSE_METRICS``, ``GET <prefix>/metrics`` serves :meth:`SSE.stats` in
-the Prometheus text format.
+the Prometheus text format. ``GET <prefix>/presence`` (``SSE_PRESENCE``) and
+the operator page at ``<prefix>/admin`` (``SSE_ADMIN``) are in
+:mod:`flask_sse_stream._presence_views` and :mod:`flask_sse_stream._admin`.
 """
 
 from __future__ import annotations
@@ -87,6 +89,9 @@ def _refusal(sse: SSE, channels: list[str]) -> Response | None:
 
 def make_blueprint(sse: SSE) -> Blueprint:
     """Build the blueprint of one :class:`SSE` (see :attr:`SSE.blueprint`)."""
+    from ._admin import add_admin_routes
+    from ._presence_views import add_presence_routes, identity_of_request, track
+
     blueprint = Blueprint("sse", __name__)
     # One record per LOG_EVERY seconds of an outage, with the count refused
     # meanwhile: reconnecting clients must not grow the log.
@@ -106,6 +111,7 @@ def make_blueprint(sse: SSE) -> Blueprint:
         if refusal is not None:
             return cors_headers(config, refusal)
         last_id = last_event_id(request.headers.get("Last-Event-ID"), args.get("lastEventId"))
+        identity = identity_of_request(sse)
         try:
             subscription = sse.subscribe(channels, last_id=last_id)
         except BrokerUnavailableError as exc:
@@ -124,7 +130,10 @@ def make_blueprint(sse: SSE) -> Blueprint:
                 "unavailable", config.retry, "events are unavailable right now, retrying later"
             )
             return cors_headers(config, response)
-        return cors_headers(config, sse.response(subscription))
+        response = sse.response(subscription)
+        if identity is not None and response.status_code == 200 and request.method == "GET":
+            track(sse, channels, identity, subscription)
+        return cors_headers(config, response)
 
     @blueprint.get("/metrics")
     def metrics() -> Response:
@@ -134,4 +143,6 @@ def make_blueprint(sse: SSE) -> Blueprint:
             prometheus_text(sse.stats()), content_type="text/plain; version=0.0.4"
         )
 
+    add_presence_routes(blueprint, sse)
+    add_admin_routes(blueprint, sse)
     return blueprint

@@ -26,6 +26,11 @@ def test_defaults() -> None:
         metrics=False,
         broker_url=None,
         key_prefix="sse:",
+        presence=False,
+        presence_events=(),
+        presence_grace=5.0,
+        presence_ttl=15.0,
+        admin=False,
     )
     assert set(DEFAULTS) == {
         "SSE_HEARTBEAT_INTERVAL",
@@ -41,6 +46,10 @@ def test_defaults() -> None:
         "SSE_METRICS",
         "SSE_BROKER_URL",
         "SSE_KEY_PREFIX",
+        "SSE_PRESENCE",
+        "SSE_PRESENCE_GRACE",
+        "SSE_PRESENCE_TTL",
+        "SSE_ADMIN",
     }
 
 

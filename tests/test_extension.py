@@ -184,12 +184,15 @@ def test_stats_has_exactly_the_keys_of_its_type(app: Flask, sse: SSE) -> None:
 def test_the_blueprints_helpers_are_not_public() -> None:
     public = {name for name in dir(SSE) if not name.startswith("_")}
     assert public == {
+        "admin_check",
         "authorize",
         "blueprint",
         "broker",
         "config",
+        "identify",
         "init_app",
         "on_close",
+        "presence",
         "publish",
         "response",
         "stats",

@@ -8,6 +8,7 @@ import flask_sse_stream
 
 PUBLIC_MODULES = {
     "flask_sse_stream.__main__",  # python -m flask_sse_stream
+    "flask_sse_stream.datastar",  # read_signals() and datastar-py's events, for Datastar pages
     "flask_sse_stream.gunicorn",  # -k flask_sse_stream.gunicorn.GeventWorker
     "flask_sse_stream.gunicorn_conf",  # -c python:flask_sse_stream.gunicorn_conf
     "flask_sse_stream.testing",  # parsing streams in users' tests

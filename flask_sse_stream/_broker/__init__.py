@@ -3,8 +3,10 @@
 :mod:`~flask_sse_stream._broker.base` holds the contract every broker
 follows; :class:`MemoryBroker` is the in-process default;
 :class:`RedisBroker` shares channels between processes and hosts through
-Redis (it needs the ``redis`` extra: ``pip install flask-sse-stream[redis]``,
-and is imported on first use, so this package does not need redis-py).
+one Redis (or a primary that Redis Sentinel fails over), and
+:class:`ClusterBroker` through a Redis Cluster, channels spread over its
+shards (both need the ``redis`` extra: ``pip install flask-sse-stream[redis]``,
+and are imported on first use, so this package does not need redis-py).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from .base import (
 from .memory import MemoryBroker, MemorySubscription
 
 if TYPE_CHECKING:
+    from .cluster import ClusterBroker, ClusterSubscription
     from .redis import RedisBroker, RedisSubscription
 
 __all__ = [
@@ -30,6 +33,8 @@ __all__ = [
     "BrokerClosedError",
     "BrokerStats",
     "BrokerUnavailableError",
+    "ClusterBroker",
+    "ClusterSubscription",
     "MemoryBroker",
     "MemorySubscription",
     "RedisBroker",
@@ -38,6 +43,7 @@ __all__ = [
 ]
 
 _FROM_REDIS = frozenset({"RedisBroker", "RedisSubscription"})
+_FROM_CLUSTER = frozenset({"ClusterBroker", "ClusterSubscription"})
 
 
 def __getattr__(name: str) -> Any:
@@ -45,4 +51,8 @@ def __getattr__(name: str) -> Any:
         from . import redis
 
         return getattr(redis, name)
+    if name in _FROM_CLUSTER:
+        from . import cluster
+
+        return getattr(cluster, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -21,7 +21,7 @@ import gevent
 import gevent.lock
 from redis.exceptions import RedisError
 
-from ._redis_wire import pipeline
+from ._redis_wire import Then, pipeline
 from ._wakeup import allocate_lock, get_ident
 from .base import BrokerUnavailableError
 
@@ -104,8 +104,8 @@ class Pool:
         self._timeout = timeout
         self._where = where
 
-    def execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-        """Run ``commands`` on a pooled connection; see :func:`pipeline`.
+    def execute(self, commands: Sequence[tuple[Any, ...]], then: Then | None = None) -> list[Any]:
+        """Run ``commands`` (and what ``then`` adds) on a pooled connection; see :func:`pipeline`.
 
         :raises BrokerUnavailableError: if Redis cannot be reached in time.
         """
@@ -117,7 +117,7 @@ class Pool:
         try:
             conn = self._take()
             try:
-                return pipeline(conn, commands)
+                return pipeline(conn, commands, then)
             finally:
                 self._idle.append(conn)
         except (RedisError, OSError) as exc:

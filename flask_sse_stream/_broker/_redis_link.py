@@ -326,6 +326,7 @@ class Link:
                         early.append(reply)
         snapshot_of = self._store.snapshot
         old_epoch = self.epoch
+        floor = 0
         if old_epoch is None:
             # The first connection: nobody is live yet, only the position counts.
             snapshot = snapshot_of((), 0)
@@ -336,15 +337,39 @@ class Link:
             if snapshot.epoch != old_epoch:
                 snapshot = snapshot_of(channels, 0)
                 self._fill(snapshot, channels, 0, epoch_changed=True)
+            elif snapshot.seq < after:
+                self._rewound(snapshot, channels, after)
+                floor = after
             elif resubscribe:
                 self._fill(snapshot, channels, after, epoch_changed=False)
             else:
                 return  # asked to look at the epoch: it has not changed
         self.epoch = snapshot.epoch
         self._epoch_bytes = snapshot.epoch.encode()
-        self.position = snapshot.seq
+        self.position = max(snapshot.seq, floor)
         for reply in early:
             self._on_message(conn, reply[1], reply[2])
+
+    def _rewound(self, snapshot: Snapshot, channels: list[str], position: int) -> None:
+        """Redis is behind what this process delivered: a failover lost writes.
+
+        A replica promoted before the old primary's last writes reached it
+        (only publishes that did not return: a replica-acknowledged publish
+        survives) no longer has events that went out on pub/sub. Their ids
+        would be given again to other events, so the counter is moved past
+        them first, and every subscriber here gets the reset event: what it
+        saw and the history no longer agree.
+        """
+        self._store.advance(position)
+        log.warning(
+            "Redis is at event %d but this process delivered up to %d: a failover lost "
+            "writes; the counter moves on and every subscriber gets the reset event",
+            snapshot.seq,
+            position,
+        )
+        self._on_gap(
+            Gap(snapshot.epoch, position, self.generation, set(channels), [], epoch_changed=False)
+        )
 
     def _fill(
         self, snapshot: Snapshot, channels: list[str], after: int, *, epoch_changed: bool

@@ -46,9 +46,11 @@ import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from redis.connection import Connection, parse_url
 from redis.exceptions import NoScriptError, ResponseError
+from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 
 from .._errors import InvalidEventError
 from .._event import Event, JSONDumps
@@ -60,15 +62,22 @@ __all__ = [
     "Keys",
     "Snapshot",
     "Store",
+    "close_sentinels",
     "connection_factory",
     "decode",
     "encode",
     "new_epoch",
     "pipeline",
+    "replicas_to_wait",
     "where",
 ]
 
-Execute = Callable[[Sequence[tuple[Any, ...]]], list[Any]]
+SENTINEL_SCHEME: Final = "redis+sentinel"
+
+Then = Callable[[list[Any]], Sequence[tuple[Any, ...]]]
+"""Given the replies so far, the commands to send next on the same connection (or none)."""
+
+Execute = Callable[[Sequence[tuple[Any, ...]], Then | None], list[Any]]
 """Sends commands on a connection and returns their replies, as :func:`pipeline` does."""
 
 MARKS: Final = 8
@@ -135,6 +144,15 @@ redis.call('PUBLISH', ARGV[4], mine .. ns .. ' ' .. ARGV[5])
 return {epoch, n}
 """
 _PUBLISH_SHA: Final = hashlib.sha1(_PUBLISH_SCRIPT.encode()).hexdigest()
+
+# Raises the counter to ARGV[1] if it is lower (never lowers it).
+_ADVANCE_SCRIPT: Final = """
+local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
+if seq < tonumber(ARGV[1]) then
+  redis.call('HSET', KEYS[1], 'seq', ARGV[1])
+end
+return seq
+"""
 
 
 class Keys:
@@ -224,34 +242,118 @@ def new_epoch() -> str:
 def connection_factory(
     url: str, *, timeout: float, socket_timeout: float | None, name: str
 ) -> tuple[Callable[..., Any], dict[str, Any]]:
-    """The redis-py connection class and keyword arguments for ``url``."""
+    """The redis-py connection class and keyword arguments for ``url``.
+
+    For ``redis+sentinel://`` the class connects to whichever server the
+    sentinels name as the primary now, asking them again at every connection.
+    """
     if not isinstance(url, str):
         raise TypeError(f"url is a str such as 'redis://localhost:6379/0', not {url!r:.80}")
+    settings = {
+        # RESP2 keeps pub/sub messages plain replies, read by the reader in order.
+        "protocol": 2,
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": timeout,
+        "client_name": name,
+        "decode_responses": False,
+    }
+    if url.startswith(SENTINEL_SCHEME + "://"):
+        return SentinelManagedConnection, _sentinel_kwargs(url, timeout, settings)
     try:
         kwargs = parse_url(url)  # type: ignore[no-untyped-call]
     except ValueError as exc:
         raise ValueError(f"not a Redis URL: {exc}") from None
     connection_class = kwargs.pop("connection_class", Connection)
-    kwargs.update(
-        # RESP2 keeps pub/sub messages plain replies, read by the reader in order.
-        protocol=2,
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=timeout,
-        client_name=name,
-        decode_responses=False,
-    )
+    kwargs.update(settings)
     return connection_class, kwargs
+
+
+_SENTINEL_FORM: Final = (
+    "a Sentinel URL looks like 'redis+sentinel://[[user]:password@]host:26379,host2:26379"
+    "/service_name[/db][?wait=1&sentinel_password=...]'"
+)
+
+
+def _sentinel_parts(url: str) -> tuple[list[tuple[str, int]], str, int, dict[str, list[str]]]:
+    parts = urlsplit(url)
+    hosts: list[tuple[str, int]] = []
+    for item in parts.netloc.rpartition("@")[2].split(","):
+        host, _, port = item.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(
+                f"not a Redis URL: sentinel {item!r} has no host:port; {_SENTINEL_FORM}"
+            )
+        hosts.append((host.strip("[]"), int(port)))
+    path = [piece for piece in parts.path.split("/") if piece]
+    if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
+        raise ValueError(f"not a Redis URL: no service name; {_SENTINEL_FORM}")
+    db = int(path[1]) if len(path) == 2 else 0
+    return hosts, unquote(path[0]), db, parse_qs(parts.query)
+
+
+def _sentinel_kwargs(url: str, timeout: float, settings: dict[str, Any]) -> dict[str, Any]:
+    hosts, service, db, query = _sentinel_parts(url)
+    parts = urlsplit(url)
+    sentinel_settings: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+    }
+    if "sentinel_password" in query:
+        sentinel_settings["password"] = query["sentinel_password"][-1]
+    credentials: dict[str, Any] = {}
+    if parts.password is not None:
+        credentials["password"] = unquote(parts.password)
+    if parts.username:
+        credentials["username"] = unquote(parts.username)
+    sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_settings)  # type: ignore[no-untyped-call]
+    kwargs = {**settings, **credentials, "db": db}
+    # The pool is only the sentinels' view of the service: our connections
+    # ask it for the primary's address whenever they connect.
+    kwargs["connection_pool"] = SentinelConnectionPool(  # type: ignore[no-untyped-call]
+        service, sentinel, **kwargs
+    )
+    return kwargs
+
+
+def replicas_to_wait(url: str) -> int:
+    """How many replicas must acknowledge a publish before it counts as done.
+
+    ``redis+sentinel://`` URLs wait for one by default (``?wait=N`` changes
+    it, ``?wait=0`` turns it off): an event acknowledged only by a primary
+    that dies next is lost at the failover. Other URLs do not wait.
+    """
+    if not url.startswith(SENTINEL_SCHEME + "://"):
+        return 0
+    values = _sentinel_parts(url)[3].get("wait", ["1"])
+    if not values[-1].isdigit():
+        raise ValueError(f"not a Redis URL: wait must be a number of replicas; {_SENTINEL_FORM}")
+    return int(values[-1])
+
+
+def close_sentinels(kwargs: dict[str, Any]) -> None:
+    """Close the connections to the sentinels of ``kwargs`` (from :func:`connection_factory`)."""
+    pool = kwargs.get("connection_pool")
+    if isinstance(pool, SentinelConnectionPool):
+        for sentinel in pool.sentinel_manager.sentinels:
+            sentinel.close()
 
 
 def where(kwargs: dict[str, Any]) -> str:
     """Where the connections made with ``kwargs`` go, for messages."""
+    pool = kwargs.get("connection_pool")
+    if isinstance(pool, SentinelConnectionPool):
+        return f"the primary of {pool.service_name!r} (Sentinel)"
     if "path" in kwargs:
         return f"unix:{kwargs['path']}"
     return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
 
 
-def pipeline(conn: Any, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+def pipeline(conn: Any, commands: Sequence[tuple[Any, ...]], then: Then | None = None) -> list[Any]:
     """Send ``commands`` on ``conn`` at once and read every reply.
+
+    ``then``, given those replies, may name more commands to send on the same
+    connection (``WAIT`` counts the writes of its own connection); their
+    replies follow.
 
     An error reply is returned in its place, as a ``ResponseError`` (the
     connection stays in step). Anything else that interrupts us, a network
@@ -260,13 +362,18 @@ def pipeline(conn: Any, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
     to a pool: it is never reused half-read.
     """
     try:
-        conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+        if not conn.is_connected:
+            # connect() itself: a Sentinel connection asks there where the primary is.
+            conn.connect()
         replies: list[Any] = []
-        for _ in commands:
-            try:
-                replies.append(conn.read_response())
-            except ResponseError as error:
-                replies.append(error)
+        while commands:
+            conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+            for _ in commands:
+                try:
+                    replies.append(conn.read_response())
+                except ResponseError as error:
+                    replies.append(error)
+            commands, then = (then(replies) if then is not None else ()), None
     except BaseException:
         conn.disconnect()
         raise
@@ -274,6 +381,82 @@ def pipeline(conn: Any, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
 
 
 # Publishing and reading the history.
+
+
+class ReplicaWait:
+    """How long a publish waits for replicas (``WAIT``), and whether it got them.
+
+    A publish waits until ``wanted`` replicas hold the event, or as many as
+    the primary has connected, if fewer: a primary whose only replica died
+    (or was just promoted) has none to wait for, and nothing a failover could
+    lose until one is back. ``ROLE``, sent with the script, says how many are
+    connected. The ``WAIT`` goes with the script too, for as many replicas as
+    the primary had the last time; if ``ROLE`` shows more now (or the primary
+    is new to us), a second ``WAIT`` follows on the same connection. So a
+    publish takes one round trip, and a primary without replicas does not
+    wait for a ``WAIT`` to time out.
+    """
+
+    __slots__ = ("_connected", "timeout", "wanted")
+
+    def __init__(self, wanted: int, timeout: float) -> None:
+        self.wanted = wanted
+        self.timeout = timeout
+        self._connected: dict[Any, int] = {}
+
+    def plan(self, node: Any) -> WaitPlan:
+        """What to send for one publish on ``node``, and how to judge the replies."""
+        # A primary not seen yet: ROLE first (a just promoted one may have none).
+        return WaitPlan(self, node, min(self.wanted, self._connected.get(node, 0)))
+
+    def _wait(self, count: int) -> tuple[Any, ...]:
+        # Half the timeout: the reply must come before the socket's timeout.
+        return ("WAIT", count, max(1, int(self.timeout * 500)))
+
+
+class WaitPlan:
+    """The replica wait of one publish: see :class:`ReplicaWait`."""
+
+    __slots__ = ("_guess", "_node", "_owner", "commands")
+
+    def __init__(self, owner: ReplicaWait, node: Any, guess: int) -> None:
+        self._owner = owner
+        self._node = node
+        self._guess = guess
+        self.commands: list[tuple[Any, ...]] = []
+        """What to send after the script."""
+        if owner.wanted:
+            self.commands = [*([owner._wait(guess)] if guess else []), ("ROLE",)]
+
+    def _connected(self, replies: list[Any]) -> int:
+        role = replies[1 + bool(self._guess)]
+        if isinstance(role, list) and role and role[0] == b"master":
+            return len(role[2])
+        return 0
+
+    def then(self, replies: list[Any]) -> Sequence[tuple[Any, ...]]:
+        """After the script's replies: a second ``WAIT`` if the primary has more replicas."""
+        if not self.commands or isinstance(replies[0], ResponseError):
+            return ()
+        need = min(self._owner.wanted, self._connected(replies))
+        return [self._owner._wait(need)] if need > self._guess else ()
+
+    def check(self, replies: list[Any], what: str) -> None:
+        """Raise unless the replies (the script's first) show enough acknowledgements."""
+        if not self.commands:
+            return
+        connected = self._connected(replies)
+        self._owner._connected[self._node] = connected
+        need = min(self._owner.wanted, connected)
+        waits = replies[1 : 1 + bool(self._guess)] + replies[2 + bool(self._guess) :]
+        acks = waits[-1] if waits else 0
+        if isinstance(acks, ResponseError) or int(acks) < need:
+            raise BrokerUnavailableError(
+                f"{what} reached the primary, but {acks} of its {connected} replica(s) "
+                f"acknowledged it within {self._owner.timeout / 2} s ({self._owner.wanted} "
+                "wanted): a failover now would lose it (publish again if it must get "
+                "through; check the replicas)"
+            )
 
 
 @dataclass(slots=True)
@@ -307,18 +490,28 @@ class Store:
     """Publishes to the channels under ``keys``, and reads their history, with ``execute``.
 
     Proposes a new random epoch whenever Redis has none (the first use, or
-    after it lost its data); the first proposal Redis adopts wins.
+    after it lost its data); the first proposal Redis adopts wins. With
+    ``replicas`` > 0 a publish also waits until that many replicas hold the
+    event (see :class:`ReplicaWait`), and fails if they do not.
     """
 
-    __slots__ = ("_candidate", "_execute", "history_size", "history_ttl_ms", "keys")
+    __slots__ = ("_candidate", "_execute", "_wait", "history_size", "history_ttl_ms", "keys")
 
     def __init__(
-        self, execute: Execute, keys: Keys, history_size: int, history_ttl: float | None = None
+        self,
+        execute: Execute,
+        keys: Keys,
+        history_size: int,
+        history_ttl: float | None = None,
+        *,
+        replicas: int = 0,
+        timeout: float = 5.0,
     ) -> None:
         self._execute = execute
         self.keys = keys
         self.history_size = history_size
         self.history_ttl_ms = 0 if history_ttl is None else max(1, round(history_ttl * 1000))
+        self._wait = ReplicaWait(replicas, timeout)
         self._candidate = new_epoch()
 
     def publish(self, channel: str, blob: bytes) -> tuple[str, int]:
@@ -340,17 +533,31 @@ class Store:
             keys.pubsub(channel),
             blob,
         )
-        (reply,) = self._execute([("EVALSHA", _PUBLISH_SHA, *args)])
+        plan = self._wait.plan(None)
+        replies = self._execute([("EVALSHA", _PUBLISH_SHA, *args), *plan.commands], plan.then)
+        reply = replies[0]
         if isinstance(reply, NoScriptError):
-            # A restarted or flushed Redis: EVAL also caches it again.
-            (reply,) = self._execute([("EVAL", _PUBLISH_SCRIPT, *args)])
+            # A restarted or flushed Redis: EVAL also caches it again. (The
+            # script did not run: sending it again publishes once.)
+            replies = self._execute([("EVAL", _PUBLISH_SCRIPT, *args), *plan.commands], plan.then)
+        reply = replies[0]
         if isinstance(reply, ResponseError):
             raise BrokerUnavailableError(f"Redis refused to publish to {channel!r}: {reply}")
+        plan.check(replies, f"the event on {channel!r}")
         epoch_bytes, n = reply
         epoch = epoch_bytes.decode()
         if epoch == candidate:
             self._candidate = new_epoch()
         return epoch, int(n)
+
+    def advance(self, position: int) -> None:
+        """Move the counter of ids up to ``position`` if it is behind (see ``_redis_link``).
+
+        :raises BrokerUnavailableError: if Redis refuses to.
+        """
+        (reply,) = self._execute([("EVAL", _ADVANCE_SCRIPT, 1, self.keys.state, position)], None)
+        if isinstance(reply, ResponseError):
+            raise BrokerUnavailableError(f"Redis refused to move the counter on: {reply}")
 
     def snapshot(self, channels: Sequence[str], after: int, *, returning: bool = False) -> Snapshot:
         """Read the position and ``channels``' streams after ``after``, atomically.
@@ -380,7 +587,7 @@ class Store:
                 ("XRANGE", keys.stream(name), start, "+", "COUNT", count) for name in channels
             )
         commands.append(("EXEC",))
-        replies = self._execute(commands)
+        replies = self._execute(commands, None)
         result = replies[-1]
         problems = [reply for reply in replies if isinstance(reply, ResponseError)]
         if isinstance(result, list):
@@ -424,4 +631,4 @@ class Store:
         for name in channels:
             commands.append(("PEXPIRE", keys.meta(name), keep))
             commands.append(("PEXPIRE", keys.stream(name), keep))
-        self._execute(commands)
+        self._execute(commands, None)

@@ -57,7 +57,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import gevent
 from gevent import monkey
@@ -77,7 +77,17 @@ from ._local import (
 )
 from ._redis_home import Home, Pool
 from ._redis_link import Gap, Link
-from ._redis_wire import Keys, Snapshot, Store, connection_factory, decode, encode, where
+from ._redis_wire import (
+    Keys,
+    Snapshot,
+    Store,
+    close_sentinels,
+    connection_factory,
+    decode,
+    encode,
+    replicas_to_wait,
+    where,
+)
 from ._wakeup import Subscriber, get_ident, wake
 from .base import (
     RESET_EVENT,
@@ -134,7 +144,12 @@ class RedisBroker(LocalFanOut):
     """A broker shared through Redis by every process and host; see the module docstring.
 
     :param url: ``redis://[[user]:password@]host[:port][/db]``,
-        ``rediss://`` (TLS) or ``unix:///path/to/socket[?db=N]``.
+        ``rediss://`` (TLS), ``unix:///path/to/socket[?db=N]``, or
+        ``redis+sentinel://[[user]:password@]host:26379,host2:26379/service[/db]``
+        for a primary that Redis Sentinel fails over: every connection asks
+        the sentinels where the primary is, and a publish waits until one
+        replica holds the event (``?wait=N``: N replicas, ``?wait=0``: none;
+        ``?sentinel_password=`` if the sentinels want one).
     :param history_size: events kept per channel for replay (Redis stream
         ``MAXLEN``; Redis may keep a few more, never fewer).
     :param queue_size: live events a local subscription may have waiting
@@ -197,7 +212,14 @@ class RedisBroker(LocalFanOut):
         )
         self._where = where(kwargs)
         self._pool = Pool(functools.partial(cls, **kwargs), max_connections, timeout, self._where)
-        self._store = Store(self._pool.execute, self._keys, history_size, ttl)
+        self._store = Store(
+            self._pool.execute,
+            self._keys,
+            history_size,
+            ttl,
+            replicas=replicas_to_wait(url),
+            timeout=self._timeout,
+        )
         self._history_ttl = ttl
         # Channels whose last local subscriber left since the keeper's last pass.
         self._left: set[str] = set()
@@ -211,6 +233,7 @@ class RedisBroker(LocalFanOut):
         )
         # Where every Redis command runs.
         self._home = Home(self._timeout)
+        self._sentinel_kwargs = (kwargs, sub_kwargs)
         self._is_forked = False
         self._link = Link(
             connect=functools.partial(sub_cls, socket_keepalive=True, **sub_kwargs),
@@ -561,6 +584,8 @@ class RedisBroker(LocalFanOut):
         if keeper is not None:
             self._home.call(lambda: keeper.kill(block=False))
         self._home.call(self._pool.close)
+        for kwargs in self._sentinel_kwargs:
+            self._home.call(functools.partial(close_sentinels, kwargs))
 
     def _forked(self) -> None:
         """In a child process: let go of the parent's connections without touching them."""
@@ -568,6 +593,18 @@ class RedisBroker(LocalFanOut):
         self._closed = True
         self._link.forked()
         self._pool.close()
+
+    def execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Run raw ``commands`` on a pooled connection, in one round trip; their replies.
+
+        For the library's own parts beside the channels (presence, the
+        operator page). An error reply comes back in its place.
+
+        :raises BrokerUnavailableError: if Redis cannot be reached in time.
+        :raises BrokerClosedError: after :meth:`close`.
+        """
+        self._check_usable("execute")
+        return self._home.run(self._pool.execute, commands)
 
     def stats(self) -> BrokerStats:
         """This process's counters; see :class:`BrokerStats` (``history`` is 0)."""

