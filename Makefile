@@ -118,7 +118,7 @@ test-flask-next: $(BIN)/.installed
 	$(NEXT_VENV)/bin/pip install --quiet -e . --group test; \
 	$(NEXT_VENV)/bin/pip install --quiet --no-deps --force-reinstall "$(FLASK_NEXT)"; \
 	$(NEXT_VENV)/bin/python -c 'import flask, importlib.metadata as m; print("test-flask-next: Flask", m.version("flask"))'; \
-	$(NEXT_VENV)/bin/pytest -p no:cacheprovider -m "not redis" $(NEXT_TESTS); \
+	$(NEXT_VENV)/bin/pytest -p no:cacheprovider -m "not redis and not redis_server" $(NEXT_TESTS); \
 	rm -rf $(NEXT_VENV)
 
 # The benchmarks against the peers (docs/benchmarks.md); the peers get a
