@@ -100,8 +100,9 @@ soak-failover: $(BIN)/.installed
 
 # The extension, views, stream and end-to-end tests against a wheel of Flask's
 # unreleased main branch (../shared/upstream, see its README), in a throwaway
-# virtualenv, without the Redis ones (this run is about Flask's contexts);
-# skipped, with the reason, where that folder is absent.
+# virtualenv, without the Redis ones (marked redis or redis_server: the first
+# run has them, and this run is about Flask's contexts, kept short for
+# `make test`); skipped, with the reason, where that folder is absent.
 UPSTREAM ?= ../shared/upstream
 FLASK_NEXT = $(firstword $(wildcard $(UPSTREAM)/flask-*.whl))
 NEXT_VENV := .venv-flask-next

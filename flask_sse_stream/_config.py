@@ -24,7 +24,15 @@ Key                        Default  Meaning
                                     with an id of it gets ``sse-reset``.
                                     ``0`` or ``None``: kept for ever.
 ``SSE_QUEUE_SIZE``         ``1000`` Events a subscriber may fall behind before it
-                                    is dropped (it reconnects and replays).
+                                    is dropped (it reconnects and replays), or
+                                    before its channel's slow-consumer policy
+                                    drops or conflates events.
+``SSE_SLOW_CONSUMER``      ``"disconnect"``
+                                    What a subscriber that falls behind gets:
+                                    ``"disconnect"``, ``"drop-oldest"`` or
+                                    ``"conflate"``, for every channel, or a
+                                    mapping of channel names and patterns to
+                                    policies (``{"ticker:*": "conflate"}``).
 ``SSE_MAX_CONNECTIONS``    ``None`` Open streams per process; past it a new
                                     stream is told to come back later (a
                                     200 stream with a jittered ``retry:``
@@ -59,6 +67,17 @@ Key                        Default  Meaning
                                     apart.
 ``SSE_ADMIN``              False    Serve the operator page at the blueprint's
                                     ``/admin``, behind ``@sse.admin_check``.
+``SSE_COMPRESSION``        ``None`` ``"gzip"``, ``"br"`` or a list of them in order
+                                    of preference: compress streams for clients
+                                    whose ``Accept-Encoding`` allows it, flushed
+                                    chunk by chunk. ``None``: never.
+``SSE_COMPRESSION_LEVEL``  ``None`` gzip's level (1-9) or brotli's quality
+                                    (0-11); ``None``: 6 for gzip, 5 for br.
+``SSE_COMPRESSION_WINDOW`` ``None`` Window bits (gzip 9-15, br 10-24): memory
+                                    per stream against ratio; ``None``: 12
+                                    for gzip, 14 for br.
+``SSE_COMPRESSION_MEM_LEVEL`` None  gzip's ``memLevel`` (1-9), the size of its
+                                    hash tables; ``None``: 4.
 =========================  =======  ==============================================
 
 The keys are read once, by :meth:`SSE.init_app`; change them before that.
@@ -70,6 +89,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ._compress import Compression, encodings
 from ._errors import ConfigError
 
 __all__ = ["DEFAULTS", "Config"]
@@ -82,6 +102,7 @@ DEFAULTS: Mapping[str, Any] = {
     "SSE_HISTORY_SIZE": 1000,
     "SSE_HISTORY_TTL": 3600,
     "SSE_QUEUE_SIZE": 1000,
+    "SSE_SLOW_CONSUMER": "disconnect",
     "SSE_MAX_CONNECTIONS": None,
     "SSE_CORS_ORIGINS": (),
     "SSE_CORS_CREDENTIALS": False,
@@ -92,6 +113,10 @@ DEFAULTS: Mapping[str, Any] = {
     "SSE_PRESENCE_GRACE": 5,
     "SSE_PRESENCE_TTL": 15,
     "SSE_ADMIN": False,
+    "SSE_COMPRESSION": None,
+    "SSE_COMPRESSION_LEVEL": None,
+    "SSE_COMPRESSION_WINDOW": None,
+    "SSE_COMPRESSION_MEM_LEVEL": None,
 }
 
 
@@ -163,6 +188,17 @@ def broker_url(name: str, value: Any) -> str | None:
     return value
 
 
+def slow_consumer(name: str, value: Any) -> tuple[tuple[str, str], ...]:
+    """Check slow-consumer policies: one for every channel, or a mapping of patterns to them."""
+    from ._broker._policy import Policies
+
+    try:
+        policies = Policies(value)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+    return tuple(policies.rules.items())
+
+
 def text(name: str, value: Any) -> str:
     """Check a non-empty string."""
     if not isinstance(value, str) or not value:
@@ -204,6 +240,40 @@ def nonnegative_seconds(name: str, value: Any) -> float:
     return float(value)
 
 
+def tuning(name: str, value: Any, high: int) -> int | None:
+    """Check a compression setting's number (each coding checks its own range)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= high:
+        raise ConfigError(
+            f"{name} must be None (the default) or a whole number from 0 to {high}, got {value!r}"
+        )
+    return value
+
+
+def compressions(
+    value: Any,
+    *,
+    level: Any = None,
+    window: Any = None,
+    mem_level: Any = None,
+    name: str = "SSE_COMPRESSION",
+) -> tuple[Compression, ...]:
+    """Check a compression setting and the ``SSE_COMPRESSION_*`` keys that tune it."""
+    out = []
+    for encoding in encodings(name, value):
+        default = Compression.default(encoding)
+        out.append(
+            Compression(
+                encoding,
+                default.level if level is None else level,
+                default.window if window is None else window,
+                default.mem_level if mem_level is None else mem_level,
+            ).checked()
+        )
+    return tuple(out)
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """The checked ``SSE_*`` settings of one application."""
@@ -215,6 +285,8 @@ class Config:
     history_size: int = 1000
     history_ttl: float | None = 3600.0
     queue_size: int = 1000
+    slow_consumer: tuple[tuple[str, str], ...] = (("*", "disconnect"),)
+    """``(pattern, policy)`` pairs, in order (a channel's own name first)."""
     max_connections: int | None = None
     cors_origins: frozenset[str] | None = frozenset()
     """Allowed origins; ``None`` means any origin."""
@@ -229,6 +301,11 @@ class Config:
     presence_grace: float = 5.0
     presence_ttl: float = 15.0
     admin: bool = False
+    compression: tuple[Compression, ...] = ()
+    """The codings streams may be compressed with, in order of preference."""
+    compression_level: int | None = None
+    compression_window: int | None = None
+    compression_mem_level: int | None = None
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any]) -> Config:
@@ -247,6 +324,7 @@ class Config:
             history_size=positive_int("SSE_HISTORY_SIZE", get("SSE_HISTORY_SIZE")),
             history_ttl=seconds("SSE_HISTORY_TTL", get("SSE_HISTORY_TTL")),
             queue_size=positive_int("SSE_QUEUE_SIZE", get("SSE_QUEUE_SIZE")),
+            slow_consumer=slow_consumer("SSE_SLOW_CONSUMER", get("SSE_SLOW_CONSUMER")),
             max_connections=optional_positive_int(
                 "SSE_MAX_CONNECTIONS", get("SSE_MAX_CONNECTIONS")
             ),
@@ -260,7 +338,28 @@ class Config:
             presence_grace=nonnegative_seconds("SSE_PRESENCE_GRACE", get("SSE_PRESENCE_GRACE")),
             presence_ttl=positive_seconds("SSE_PRESENCE_TTL", get("SSE_PRESENCE_TTL")),
             admin=flag("SSE_ADMIN", get("SSE_ADMIN")),
+            compression=compressions(
+                get("SSE_COMPRESSION"),
+                level=get("SSE_COMPRESSION_LEVEL"),
+                window=get("SSE_COMPRESSION_WINDOW"),
+                mem_level=get("SSE_COMPRESSION_MEM_LEVEL"),
+            ),
+            compression_level=tuning("SSE_COMPRESSION_LEVEL", get("SSE_COMPRESSION_LEVEL"), 11),
+            compression_window=tuning("SSE_COMPRESSION_WINDOW", get("SSE_COMPRESSION_WINDOW"), 24),
+            compression_mem_level=tuning(
+                "SSE_COMPRESSION_MEM_LEVEL", get("SSE_COMPRESSION_MEM_LEVEL"), 9
+            ),
         ).checked()
+
+    def compressions(self, value: Any) -> tuple[Compression, ...]:
+        """The codings a view's ``compress=`` names, tuned by the ``SSE_COMPRESSION_*`` keys."""
+        return compressions(
+            value,
+            level=self.compression_level,
+            window=self.compression_window,
+            mem_level=self.compression_mem_level,
+            name="compress",
+        )
 
     def checked(self) -> Config:
         """Refuse combinations of values that are each fine alone."""

@@ -25,7 +25,10 @@ and raises :class:`CoreError`.
 from __future__ import annotations
 
 import enum
-from typing import Final, NamedTuple
+from typing import TYPE_CHECKING, Final, NamedTuple
+
+if TYPE_CHECKING:
+    from ._compress import Compressor
 
 HEARTBEAT: Final = b":\n"
 """The comment sent on an idle stream."""
@@ -220,11 +223,24 @@ class StreamCore:
 
     :param max_frames: how many frames may wait (``buffer_size``);
         :attr:`full` says when the producer should wait.
+    :param compressor: compresses every chunk as it leaves the machine,
+        whoever writes it, in the order they go out (``_compress.py``); a
+        partial write's rest is already compressed and goes out as it is.
     """
 
-    __slots__ = ("_end", "_frames", "_rest", "beat_due", "max_frames", "reason", "state")
+    __slots__ = (
+        "_end",
+        "_frames",
+        "_rest",
+        "beat_due",
+        "compressor",
+        "max_frames",
+        "reason",
+        "state",
+    )
 
-    def __init__(self, max_frames: int = 64) -> None:
+    def __init__(self, max_frames: int = 64, compressor: Compressor | None = None) -> None:
+        self.compressor = compressor
         self.state = State.NEW
         self.reason: CloseReason | None = None
         self.beat_due = False
@@ -277,7 +293,7 @@ class StreamCore:
     def start(self, preamble: bytes) -> bytes:
         """The first chunk: ``preamble``, for the server to write."""
         self._move(Input.START)
-        return preamble
+        return preamble if self.compressor is None else self.compressor.flush(preamble)
 
     def item(self, frame: bytes) -> bool:
         """The producer made ``frame`` (whole events, encoded); ``True`` if now :attr:`full`."""
@@ -328,13 +344,16 @@ class StreamCore:
         Only while the handler waits inside the stream. Report the outcome
         with :meth:`sent`.
         """
+        compressor = self.compressor
         if self.state is State.PENDING:
             data = b"".join(self._frames)
             self._frames.clear()
-            return chunk(data)
+            return chunk(data if compressor is None else compressor.flush(data))
         if self.state is State.IDLE and self.beat_due:
             self.beat_due = False
-            return _HEARTBEAT_CHUNK
+            if compressor is None:
+                return _HEARTBEAT_CHUNK
+            return chunk(compressor.flush(HEARTBEAT))
         return None
 
     def sent(self, frame: bytes, count: int) -> bool:
@@ -358,23 +377,27 @@ class StreamCore:
         if self._rest:
             return Turn(TurnKind.RAW, self._rest)
         state = self.state
+        compressor = self.compressor
         if state is State.PENDING:
             data = b"".join(self._frames)
             self._frames.clear()
             self._move(Input.HANDED)
             self.beat_due = False
-            return Turn(TurnKind.WRITE, data)
+            return Turn(TurnKind.WRITE, data if compressor is None else compressor.flush(data))
         if state is State.IDLE:
             if self.beat_due:
                 self.beat_due = False
                 self._move(Input.HANDED)
-                return Turn(TurnKind.WRITE, HEARTBEAT)
+                beat = HEARTBEAT if compressor is None else compressor.flush(HEARTBEAT)
+                return Turn(TurnKind.WRITE, beat)
             return _WAIT
         if state is State.ENDING:
             data = b"".join(self._frames) + self._end
             self._frames.clear()
             self._end = b""
             self._move(Input.EMPTIED)
+            if compressor is not None:
+                data = compressor.finish(data)  # the trailer: the client sees a whole stream
             return Turn(TurnKind.WRITE, data) if data else _STOP
         return _STOP  # CLOSED; NEW never asks
 

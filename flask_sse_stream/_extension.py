@@ -29,6 +29,7 @@ from . import _config
 from ._broker import Broker, MemoryBroker, Subscription
 from ._cancel import find_socket
 from ._channels import check_channel, last_event_id
+from ._compress import Compression, choose, encodings
 from ._config import Config
 from ._errors import InvalidEventError
 from ._event import Comment, Event, JSONDumps
@@ -62,6 +63,7 @@ _RETRY_FROM_CONFIG: Final = _Default("SSE_RETRY")
 _LAST_ID_FROM_REQUEST: Final = _Default("the request's Last-Event-ID")
 IDENTITY_KEY: Final = "flask_sse_stream.identity"
 """Where ``_is_allowed`` keeps the identity the authorization hook returned."""
+_COMPRESSION_FROM_CONFIG: Final = _Default("SSE_COMPRESSION")
 
 
 class Stats(TypedDict):
@@ -85,6 +87,13 @@ class Stats(TypedDict):
     """``sse-reset`` events sent because a last id could not be replayed from."""
     dropped_slow: int
     """Subscribers dropped because they fell ``SSE_QUEUE_SIZE`` events behind."""
+    conflated: int
+    """Events a lagging subscriber of a ``conflate`` channel skipped for a newer one of
+    the same key (counted per subscriber), live or in a replay."""
+    dropped: int
+    """Events a lagging subscriber of a ``drop-oldest`` channel skipped (per subscriber)."""
+    gaps: int
+    """``sse-gap`` events sent to ``drop-oldest`` subscribers: one per run of skipped events."""
     queued: int
     """Events waiting for subscribers now."""
     history: int
@@ -162,6 +171,17 @@ class _AppState:
     _encoder: tuple[JSONDumps, Callable[[Any], bytes]] | None = None
     _tracker: Tracker | None = None
     _tracker_of: Broker | None = None
+    _compressions: dict[Any, tuple[Compression, ...]] = field(default_factory=dict)
+
+    def compressions(self, compress: Any) -> tuple[Compression, ...]:
+        """The codings a stream may use: the config's, or a view's ``compress=``."""
+        if isinstance(compress, _Default):
+            return self.config.compression
+        key = compress if compress is None or isinstance(compress, str) else tuple(compress)
+        found = self._compressions.get(key)
+        if found is None:
+            found = self._compressions[key] = self.config.compressions(compress)
+        return found
 
     def item_encoder(self, dumps: JSONDumps) -> Callable[[Any], bytes]:
         """The :func:`encoder` for ``dumps``, built once per application.
@@ -232,12 +252,14 @@ _brokers: weakref.WeakSet[Any] = weakref.WeakSet()
 def make_broker(config: Config) -> Broker:
     """Build the broker ``SSE_BROKER_URL`` names (the in-process one when unset)."""
     url = config.broker_url
+    slow_consumer = dict(config.slow_consumer)
     broker: Broker
     if url is None:
         broker = MemoryBroker(
             history_size=config.history_size,
             queue_size=config.queue_size,
             history_ttl=config.history_ttl,
+            slow_consumer=slow_consumer,
         )
     elif url.startswith("redis+cluster://"):
         from ._broker.cluster import ClusterBroker  # needs the redis extra
@@ -248,6 +270,7 @@ def make_broker(config: Config) -> Broker:
             history_size=config.history_size,
             queue_size=config.queue_size,
             key_prefix=config.key_prefix,
+            slow_consumer=slow_consumer,
         )
     else:
         from ._broker.redis import RedisBroker  # needs the redis extra
@@ -258,6 +281,7 @@ def make_broker(config: Config) -> Broker:
             queue_size=config.queue_size,
             key_prefix=config.key_prefix,
             history_ttl=config.history_ttl,
+            slow_consumer=slow_consumer,
         )
     _brokers.add(broker)
     return broker
@@ -473,6 +497,7 @@ class SSE:
         id: str | None = None,
         retry: int | None = None,
         app: Flask | None = None,
+        key: str | None = None,
     ) -> str:
         """Send an event to every subscriber of ``channel``; return its id.
 
@@ -484,14 +509,19 @@ class SSE:
         inside ``with app.app_context():``; the event is encoded once and
         every subscriber gets the same bytes.
 
-        :raises InvalidEventError: if a field cannot be sent.
+        ``key`` says what the event is the latest value of (``key="AAPL"``):
+        on a channel whose ``SSE_SLOW_CONSUMER`` policy is ``"conflate"``, a
+        subscriber that falls behind gets only the newest event per key.
+        Without one, the channel is one key.
+
+        :raises InvalidEventError: if a field (or the key) cannot be sent.
         :raises InvalidChannelError: if ``channel`` is not a valid name.
         """
         check_channel(channel)
         state = self._state(app)
         dumps = (app or current_app).json.dumps
         item = event_to_publish(data, event=event, id=id, retry=retry, dumps=dumps)
-        published = state.broker.publish(channel, item)
+        published = state.broker.publish(channel, item, key)
         assert published.id is not None
         return published.id
 
@@ -634,6 +664,8 @@ class SSE:
         ``delivered`` live and ``replayed`` to reconnecting clients;
         ``resets`` sent instead of a replay; subscribers ``dropped_slow``
         because they fell ``SSE_QUEUE_SIZE`` events behind; events
+        ``conflated`` and ``dropped`` by the slow-consumer policies, and the
+        ``gaps`` announced; events
         ``queued`` for subscribers and held in ``history`` now; streams
         ``closed`` by :class:`CloseReason`; ``heartbeats`` sent by this
         process's streams, ``direct`` (written beside the server, see
@@ -649,6 +681,9 @@ class SSE:
             "replayed": broker.replayed,
             "resets": broker.resets,
             "dropped_slow": broker.dropped_slow,
+            "conflated": broker.conflated,
+            "dropped": broker.dropped,
+            "gaps": broker.gaps,
             "queued": broker.queued,
             "history": broker.history,
             "closed": {reason.value: state.closed[reason.value] for reason in CloseReason},
@@ -681,11 +716,13 @@ class SSE:
         heartbeat: float | _Default | None = _HEARTBEAT_FROM_CONFIG,
         retry: int | _Default | None = _RETRY_FROM_CONFIG,
         status: int = 200,
+        compress: str | Sequence[str] | _Default | None = _COMPRESSION_FROM_CONFIG,
     ) -> Response:
         """Return a streaming response that sends what ``source`` yields.
 
         Call it inside a request; ``@sse.stream`` calls it for you. The
-        options override ``SSE_HEARTBEAT_INTERVAL`` and ``SSE_RETRY``.
+        options override ``SSE_HEARTBEAT_INTERVAL``, ``SSE_RETRY`` and
+        ``SSE_COMPRESSION``.
         """
         state = self._state()
         cfg = state.config
@@ -708,6 +745,15 @@ class SSE:
         environ = request.environ if has_request_context() else {}
         if environ:
             read_body()
+        headers = stream_headers()
+        offered = state.compressions(compress)
+        compression = None
+        if offered:
+            headers["Vary"] = "Accept-Encoding"  # the body depends on it, either way
+            if has_request_context():
+                compression = choose(offered, request.accept_encodings.quality)
+            if compression is not None:
+                headers["Content-Encoding"] = compression.encoding
         callbacks = tuple(self._on_close)
         closed = state.closed
 
@@ -736,8 +782,9 @@ class SSE:
             context=_ViewContexts(),
             on_close=on_close,
             logger=app.logger,
+            compressor=None if compression is None else compression.new(),
         )
-        return Response(body, status=status, headers=stream_headers(), direct_passthrough=True)
+        return Response(body, status=status, headers=headers, direct_passthrough=True)
 
     @overload
     def stream(self, view: F) -> F: ...
@@ -749,6 +796,7 @@ class SSE:
         *,
         heartbeat: float | _Default | None = ...,
         retry: int | _Default | None = ...,
+        compress: str | Sequence[str] | _Default | None = ...,
     ) -> Callable[[F], F]: ...
 
     def stream(
@@ -757,6 +805,7 @@ class SSE:
         *,
         heartbeat: float | _Default | None = _HEARTBEAT_FROM_CONFIG,
         retry: int | _Default | None = _RETRY_FROM_CONFIG,
+        compress: str | Sequence[str] | _Default | None = _COMPRESSION_FROM_CONFIG,
     ) -> F | Callable[[F], F]:
         """Turn a view that yields events into an event stream.
 
@@ -769,12 +818,17 @@ class SSE:
 
         Use as ``@sse.stream`` or ``@sse.stream(heartbeat=5, retry=2000)``
         (seconds, milliseconds; ``None`` turns either off).
+        ``compress="gzip"``, ``"br"``, ``["br", "gzip"]`` or ``None``
+        overrides ``SSE_COMPRESSION`` for this view.
         """
         # Check the options when decorating, not on the first request.
         if not isinstance(heartbeat, _Default):
             _config.seconds("heartbeat", heartbeat)
         if not isinstance(retry, _Default):
             _config.milliseconds("retry", retry)
+        if not isinstance(compress, _Default):
+            for encoding in encodings("compress", compress):
+                Compression.default(encoding).checked()  # br without a binding fails here
 
         def decorate(view: F) -> F:
             @functools.wraps(view)
@@ -788,7 +842,7 @@ class SSE:
                         f"{type(result).__name__}; it must yield events (be a generator) "
                         "or return an iterable of them"
                     )
-                return self.response(result, heartbeat=heartbeat, retry=retry)
+                return self.response(result, heartbeat=heartbeat, retry=retry, compress=compress)
 
             return wrapper  # type: ignore[return-value]
 

@@ -42,6 +42,21 @@ _METRICS = (
         "Subscribers dropped because they fell too far behind.",
         None,
     ),
+    (
+        "conflated",
+        "sse_events_conflated_total",
+        "counter",
+        "Events a lagging subscriber skipped for a newer one of the same key.",
+        None,
+    ),
+    (
+        "dropped",
+        "sse_events_dropped_total",
+        "counter",
+        "Events a lagging drop-oldest subscriber skipped.",
+        None,
+    ),
+    ("gaps", "sse_gaps_total", "counter", "Gap events sent to drop-oldest subscribers.", None),
     ("closed", "sse_streams_closed_total", "counter", "Streams ended, by reason.", "reason"),
     (
         "heartbeats",

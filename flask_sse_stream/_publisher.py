@@ -37,6 +37,7 @@ from ._broker._cluster_wire import (
     cluster_settings,
 )
 from ._broker._local import base36, check_sizes, check_ttl
+from ._broker._policy import check_key
 from ._broker._redis_wire import (
     Keys,
     Store,
@@ -130,8 +131,9 @@ class Publisher:
             timeout=timeout,
             **kwargs,
         )
+        self._node = _NodePool(self._pool, self._where)
         self._store = Store(
-            self._execute,
+            self._node.execute,
             keys,
             history_size,
             ttl,
@@ -150,10 +152,11 @@ class Publisher:
         event: str | None = None,
         id: str | None = None,
         retry: int | None = None,
+        key: str | None = None,
     ) -> str:
         """Send an event to every subscriber of ``channel``; return its id.
 
-        The arguments are those of ``sse.publish`` (``data`` may be a whole
+        The arguments are those of ``sse.publish`` (``key`` included; ``data`` may be a whole
         :class:`Event` or a datastar-py event). Blocks until Redis has
         stored and published the event (one round trip).
 
@@ -163,35 +166,24 @@ class Publisher:
             the event may or may not have been published.
         """
         check_channel(channel)
+        check_key(key)
         stored = event_to_publish(data, event=event, id=id, retry=retry, dumps=self._dumps)
         if self._cluster is not None:
             with self._clock_lock:
                 floor = self._clock + 1
-            epoch, n = self._cluster.publish(channel, encode(stored, self._dumps), floor)
+            epoch, n = self._cluster.publish(channel, encode(stored, self._dumps, key), floor)
             with self._clock_lock:
                 self._clock = max(self._clock, n)
         else:
-            epoch, n = self._store.publish(channel, encode(stored, self._dumps))
+            epoch, n = self._store.publish(channel, encode(stored, self._dumps, key))
         return stored.id if stored.id is not None else f"{epoch}-{base36(n)}"
-
-    def _execute(self, commands: Sequence[tuple[Any, ...]], then: Then | None = None) -> list[Any]:
-        try:
-            conn = self._pool.get_connection()
-        except (RedisError, OSError) as exc:
-            raise BrokerUnavailableError(f"Redis at {self._where} is unavailable: {exc}") from exc
-        try:
-            return pipeline(conn, commands, then)
-        except (RedisError, OSError) as exc:
-            raise BrokerUnavailableError(f"Redis at {self._where} is unavailable: {exc}") from exc
-        finally:
-            self._pool.release(conn)
 
     def close(self) -> None:
         """Close the connections; the publisher reconnects if used again."""
         if self._cluster is not None:
             self._cluster.topology.close()
         else:
-            self._pool.disconnect()
+            self._node.close()
             close_sentinels(self._kwargs)
 
     def __enter__(self) -> Publisher:

@@ -49,6 +49,7 @@ import gevent
 from . import _heartbeat
 from ._broker import Subscription
 from ._cancel import SocketWatch, peer_closed
+from ._compress import Compressor
 from ._core import HEARTBEAT, CloseReason, State, StreamCore, TurnKind
 from ._event import Event
 from ._feeds import Feed, GreenletFeed, InlineFeed, SubscriptionFeed
@@ -143,6 +144,9 @@ class EventStream:
     :param on_close: called once, in those contexts, with the reason the
         stream ended.
     :param logger: where a producer's exception is logged.
+    :param compressor: compresses the stream, flushed chunk by chunk
+        (:mod:`flask_sse_stream._compress`); the response must say its
+        ``Content-Encoding``.
     """
 
     __slots__ = (
@@ -188,6 +192,7 @@ class EventStream:
         context: StreamContext | None = None,
         on_close: OnClose | None = None,
         logger: logging.Logger | None = None,
+        compressor: Compressor | None = None,
     ) -> None:
         if not preamble:
             raise ValueError("the preamble must not be empty: it is what sends the headers")
@@ -204,7 +209,7 @@ class EventStream:
             and threading.current_thread() is not threading.main_thread()
         )
         self.hub = gevent.get_hub()
-        self._core = StreamCore(buffer_size)
+        self._core = StreamCore(buffer_size, compressor)
         self._source = source
         self._encode = encode
         self._preamble = preamble
@@ -267,12 +272,15 @@ class EventStream:
                 writer.join()  # it finishes a frame on the socket: nothing may overtake it
             if self._readable:
                 self._check_peer()
+            # A turn in IDLE with a heartbeat owed writes the heartbeat
+            # (compressed, it is no longer HEARTBEAT's bytes).
+            beat = core.beat_due and core.state is State.IDLE
             turn = core.handler_turn()
             kind = turn.kind
             if kind is TurnKind.WRITE:
                 feed.taken()
                 data = turn.data
-                if data == HEARTBEAT:
+                if beat:
                     heartbeats["handler"] += 1
                 self._out += len(data)
                 self.last_write = self.writing_since = time.monotonic()
@@ -300,9 +308,10 @@ class EventStream:
         # else: chosen on the next turn, once the server has sent the preamble.
         if self._clock is not None:
             _heartbeat.for_current_hub().add(self, self._clock)
-        self._out = len(self._preamble)
+        first = self._core.start(self._preamble)
+        self._out = len(first)
         self.last_write = self.writing_since = time.monotonic()
-        return self._core.start(self._preamble)
+        return first
 
     def _choose_feed(self) -> Feed:
         # The producer may run in the handler greenlet only where our

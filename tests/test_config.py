@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from flask_sse_stream import ConfigError
+from flask_sse_stream._compress import Compression
 from flask_sse_stream._config import DEFAULTS, Config
 
 
@@ -20,6 +21,7 @@ def test_defaults() -> None:
         history_size=1000,
         history_ttl=3600.0,
         queue_size=1000,
+        slow_consumer=(("*", "disconnect"),),
         max_connections=None,
         cors_origins=frozenset(),
         cors_credentials=False,
@@ -40,6 +42,7 @@ def test_defaults() -> None:
         "SSE_HISTORY_SIZE",
         "SSE_HISTORY_TTL",
         "SSE_QUEUE_SIZE",
+        "SSE_SLOW_CONSUMER",
         "SSE_MAX_CONNECTIONS",
         "SSE_CORS_ORIGINS",
         "SSE_CORS_CREDENTIALS",
@@ -50,6 +53,10 @@ def test_defaults() -> None:
         "SSE_PRESENCE_GRACE",
         "SSE_PRESENCE_TTL",
         "SSE_ADMIN",
+        "SSE_COMPRESSION",
+        "SSE_COMPRESSION_LEVEL",
+        "SSE_COMPRESSION_WINDOW",
+        "SSE_COMPRESSION_MEM_LEVEL",
     }
 
 
@@ -73,6 +80,22 @@ def test_defaults() -> None:
         ("SSE_METRICS", True, "metrics", True),
         ("SSE_BROKER_URL", "redis://h:6379/0", "broker_url", "redis://h:6379/0"),
         ("SSE_KEY_PREFIX", "app1:", "key_prefix", "app1:"),
+        ("SSE_COMPRESSION", "gzip", "compression", (Compression.default("gzip"),)),
+        (
+            "SSE_COMPRESSION",
+            ["br", "gzip", "br"],
+            "compression",
+            (Compression.default("br"), Compression.default("gzip")),
+        ),
+        ("SSE_COMPRESSION", None, "compression", ()),
+        ("SSE_COMPRESSION_WINDOW", 15, "compression_window", 15),
+        ("SSE_SLOW_CONSUMER", "conflate", "slow_consumer", (("*", "conflate"),)),
+        (
+            "SSE_SLOW_CONSUMER",
+            {"ticker:*": "conflate", "logs:*": "drop-oldest"},
+            "slow_consumer",
+            (("ticker:*", "conflate"), ("logs:*", "drop-oldest")),
+        ),
     ],
 )
 def test_accepted_values(key: str, value: Any, attribute: str, expected: Any) -> None:
@@ -94,11 +117,41 @@ def test_accepted_values(key: str, value: Any, attribute: str, expected: Any) ->
         ("SSE_BROKER_URL", "localhost:6379"),
         ("SSE_BROKER_URL", "memcached://x"),
         ("SSE_KEY_PREFIX", ""),
+        ("SSE_COMPRESSION", "deflate"),
+        ("SSE_COMPRESSION", []),
+        ("SSE_COMPRESSION", True),
+        ("SSE_COMPRESSION_LEVEL", "6"),
+        ("SSE_COMPRESSION_WINDOW", 25),
+        ("SSE_COMPRESSION_MEM_LEVEL", True),
+        ("SSE_SLOW_CONSUMER", "latest"),
+        ("SSE_SLOW_CONSUMER", {"ticker:*": "conflated"}),
+        ("SSE_SLOW_CONSUMER", {"": "conflate"}),
+        ("SSE_SLOW_CONSUMER", ["conflate"]),
     ],
 )
 def test_refused_values_name_the_key(key: str, value: Any) -> None:
     with pytest.raises(ConfigError, match=key):
         Config.from_mapping({key: value})
+
+
+@pytest.mark.parametrize(
+    ("encoding", "key", "value"),
+    [
+        ("gzip", "SSE_COMPRESSION_LEVEL", 10),  # brotli's qualities go to 11, gzip's to 9
+        ("gzip", "SSE_COMPRESSION_WINDOW", 16),
+        ("br", "SSE_COMPRESSION_WINDOW", 9),
+        ("gzip", "SSE_COMPRESSION_MEM_LEVEL", 0),
+    ],
+)
+def test_tuning_is_checked_for_each_coding(encoding: str, key: str, value: int) -> None:
+    with pytest.raises(ConfigError, match=f"{key}.*for {encoding}"):
+        Config.from_mapping({"SSE_COMPRESSION": encoding, key: value})
+
+
+def test_tuning_applies_to_every_coding() -> None:
+    config = Config.from_mapping({"SSE_COMPRESSION": ["br", "gzip"], "SSE_COMPRESSION_LEVEL": 3})
+    assert [(c.encoding, c.level) for c in config.compression] == [("br", 3), ("gzip", 3)]
+    assert config.compressions("gzip") == (Compression("gzip", 3, 12, 4),)
 
 
 def test_wildcard_origins_with_credentials_are_refused() -> None:

@@ -118,7 +118,7 @@ def test_wheel_metadata_names_the_license_the_extras_and_no_test_tools(dists: Di
     assert f"{info}/licenses/LICENSE" in names
     assert not any(name.startswith("tests/") for name in names)
     assert metadata["License-Expression"] == "BSD-3-Clause"
-    assert sorted(metadata.get_all("Provides-Extra") or []) == ["gunicorn", "redis"]
+    assert sorted(metadata.get_all("Provides-Extra") or []) == ["brotli", "gunicorn", "redis"]
     requires = " ".join(metadata.get_all("Requires-Dist") or [])
     for tool in ("pytest", "ruff", "mypy", "playwright", "sphinx"):
         assert tool not in requires.lower()

@@ -25,7 +25,16 @@ from flask import (
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.test import TestResponse
 
-from flask_sse_stream import SSE, Broker, CloseReason, Comment, ConfigError, Event, Stats
+from flask_sse_stream import (
+    SSE,
+    Broker,
+    CloseReason,
+    Comment,
+    ConfigError,
+    Event,
+    InvalidEventError,
+    Stats,
+)
 from flask_sse_stream._extension import _ViewContexts
 
 pytestmark = pytest.mark.timeout(10)
@@ -179,6 +188,22 @@ def test_stats_has_exactly_the_keys_of_its_type(app: Flask, sse: SSE) -> None:
     assert set(stats) == set(hints)
     for key, hint in hints.items():
         assert isinstance(stats[key], get_origin(hint) or hint), key  # type: ignore[literal-required]
+
+
+def test_publish_with_a_key_conflates_for_a_subscriber_that_lags() -> None:
+    app = Flask(__name__)
+    app.config.update(SSE_QUEUE_SIZE=2, SSE_SLOW_CONSUMER={"prices": "conflate"})
+    sse = SSE(app)
+    with app.app_context():
+        with sse.subscribe(["prices"], last_id=None) as lagging:
+            assert lagging.policy == "conflate"
+            for n in range(6):
+                sse.publish({"n": n}, channel="prices", key="AB"[n % 2])
+            assert [json.loads(e.data)["n"] for e in lagging.get_batch(10)] == [4, 5]
+        stats = sse.stats()
+        assert (stats["conflated"], stats["dropped"], stats["gaps"]) == (4, 0, 0)
+        with pytest.raises(InvalidEventError, match="key"):
+            sse.publish("x", channel="prices", key="")
 
 
 def test_the_blueprints_helpers_are_not_public() -> None:

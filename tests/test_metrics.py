@@ -13,6 +13,9 @@ def test_stats_render_as_prometheus_text() -> None:
             "published": 10,
             "delivered": 25,
             "dropped_slow": 1,
+            "conflated": 5,
+            "dropped": 6,
+            "gaps": 2,
             "closed": {"disconnect": 4, "finished": 0},
             "heartbeats": {"direct": 7, "handler": 1},
         }
@@ -26,6 +29,10 @@ def test_stats_render_as_prometheus_text() -> None:
     assert "# TYPE sse_events_published_total counter" in lines
     assert "sse_events_delivered_total 25" in lines
     assert "sse_subscribers_dropped_total 1" in lines
+    assert "# TYPE sse_events_conflated_total counter" in lines
+    assert "sse_events_conflated_total 5" in lines
+    assert "sse_events_dropped_total 6" in lines
+    assert "sse_gaps_total 2" in lines
     assert 'sse_streams_closed_total{reason="disconnect"} 4' in lines
     assert 'sse_heartbeats_total{way="direct"} 7' in lines
     assert text.endswith("\n")

@@ -22,7 +22,11 @@ How it is built, and why:
 * Fan-out appends the same :class:`~flask_sse_stream.Event` object to each
   subscriber's :class:`~collections.deque` and wakes only subscribers that
   wait: nothing is allocated per subscriber per event. A full queue drops
-  that subscriber; the publisher never waits.
+  that subscriber; the publisher never waits. A subscriber whose channels
+  follow another slow-consumer policy has a plain queue too (of
+  ``(key, event)`` entries under ``conflate``): only a full one takes that
+  policy's path (:mod:`~flask_sse_stream._broker._policy`) instead of being
+  dropped, and its subscription takes its events under the lock.
 * A fan-out queues the waiters it wakes on their hub's waker and kicks
   each waker once (see :mod:`~flask_sse_stream._broker._wakeup`).
 * ``deque.append`` and ``deque.popleft`` are atomic under the GIL, which is
@@ -38,11 +42,12 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from operator import itemgetter
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, Self, TypeVar
 
 from gevent.hub import Waiter
 
 from .._event import Event
+from ._policy import CONFLATE, DISCONNECT, Counters, Policies, check_key, overflow, replay, take
 from ._wakeup import HubWaker, Subscriber, allocate_lock, current_waker, get_ident, wake
 
 __all__ = [
@@ -56,6 +61,8 @@ __all__ = [
     "parse_id",
     "seq_of",
 ]
+
+S = TypeVar("S", bound=Subscriber)
 
 _DIGITS: Final = "0123456789abcdefghijklmnopqrstuvwxyz"
 _PART = r"(0|[1-9a-z][0-9a-z]{0,15})"
@@ -87,12 +94,17 @@ def parse_id(last_id: str) -> tuple[str, int] | None:
     return match[1], int(match[2], 36)
 
 
-def check_publish(channel: str, event: Event) -> None:
-    """Check ``publish()``'s arguments; raise ``TypeError`` if they are not a name and an Event."""
+def check_publish(channel: str, event: Event, key: str | None = None) -> None:
+    """Check ``publish()``'s arguments.
+
+    :raises TypeError: if they are not a name and an Event.
+    :raises InvalidEventError: if ``key`` cannot be a conflation key.
+    """
     if not isinstance(event, Event):
         raise TypeError(f"publish() takes an Event, not {type(event).__name__}")
     if not isinstance(channel, str) or not channel:
         raise TypeError(f"a channel is a non-empty str, not {channel!r:.80}")
+    check_key(key)
 
 
 def check_subscribe(channels: Sequence[str], last_id: str | None) -> tuple[str, ...]:
@@ -140,8 +152,13 @@ class LocalFanOut:
     :meth:`_everyone`.
     """
 
-    def __init__(self, queue_size: int) -> None:
+    def __init__(self, queue_size: int, slow_consumer: Policies) -> None:
         self._queue_size = queue_size
+        self._policies = slow_consumer
+        self._counters = Counters()
+        # Channels with conflate subscribers, and how many: their fan-out
+        # appends each subscriber the item of its kind.
+        self._keyed: dict[str, int] = {}
         self._lock = allocate_lock()
         self._subscribers: dict[str, set[Subscriber]] = {}
         self._open = 0
@@ -162,17 +179,65 @@ class LocalFanOut:
         return self._queue_size
 
     @property
+    def slow_consumer(self) -> Policies:
+        """The slow-consumer policy of each channel."""
+        return self._policies
+
+    @property
     def closed(self) -> bool:
         """True once :meth:`close` has been called."""
         return self._closed
 
-    def _fan_out(self, subscribers: set[Subscriber], event: Event, me: int) -> None:
-        """Queue ``event`` for each of ``subscribers`` and wake those that wait.
+    def _new_subscriber(self, sub: S) -> S:
+        """Give ``sub`` the queue of its channels' policy; return it."""
+        policy = self._policies.of_subscription(sub.channels) if self._policies else DISCONNECT
+        if policy != DISCONNECT:
+            sub.policy = policy
+            sub.kind = policy == CONFLATE
+        return sub
+
+    def _replay_by_policy(
+        self, sub: Subscriber, entries: list[tuple[Event, tuple[str, str | None]]]
+    ) -> list[Event]:
+        """What ``sub`` replays of ``entries`` (publish order), by its policy; the lock is held."""
+        events = replay(sub.policy or DISCONNECT, entries, self._queue_size, self._counters)
+        self._replayed += len(events)
+        return events
+
+    def _offer(self, sub: Subscriber, event: Event, channel: str, key: str | None) -> bool:
+        """Queue one event for ``sub`` by its policy; ``False`` if it must be dropped.
+
+        The lock is held. For the rare paths (a gap fill, going live); the
+        fan-out does the same inline.
+        """
+        queue = sub.queue
+        item = ((channel, key), event) if sub.kind else event
+        if len(queue) >= self._queue_size or sub.latest is not None:
+            if sub.policy is None:
+                return False
+            overflow(sub, item, self._queue_size, self._counters)
+        else:
+            queue.append(item)
+        self._delivered += 1
+        return True
+
+    def _fan_out(
+        self,
+        subscribers: set[Subscriber],
+        event: Event,
+        me: int,
+        channel: str = "",
+        key: str | None = None,
+    ) -> None:
+        """Queue ``event`` (of ``channel``, with ``key``) for ``subscribers``; wake those that wait.
 
         The lock is held; ``me`` is the caller's thread id.
         """
         limit = self._queue_size
         full: list[Subscriber] | None = None
+        # The item of each kind of subscriber: the event, or its (key, event) entry.
+        items = (event, ((channel, key), event))
+        keyed = channel in self._keyed if self._keyed else False
         # Usually every waiting subscriber is in one hub; with the werkzeug
         # server each is in its own.
         waker: HubWaker | None = None
@@ -184,7 +249,8 @@ class LocalFanOut:
                     full = []
                 full.append(sub)
                 continue
-            queue.append(event)
+            # A channel without conflate subscribers (most) pays no lookup.
+            queue.append(items[sub.kind] if keyed else event)
             if sub.waiting:
                 try:
                     its_waker, waiter = sub.waiting.pop()
@@ -207,13 +273,23 @@ class LocalFanOut:
         if full is None:
             self._delivered += len(subscribers)
         else:
-            self._delivered += len(subscribers) - len(full)
+            dropped = 0
             for sub in full:
-                self._end(sub, me, dropped=True)
+                if sub.policy is None:
+                    self._end(sub, me, dropped=True)
+                    dropped += 1
+                else:
+                    overflow(sub, items[sub.kind], limit, self._counters)
+                    if sub.waiting:
+                        wake(sub, me)
+            self._delivered += len(subscribers) - dropped
 
     def _register(self, sub: Subscriber) -> None:
         """Add ``sub`` to the fan-out sets of its channels; the lock is held."""
         subscribers = self._subscribers
+        if sub.kind:
+            for name in sub.channels:
+                self._keyed[name] = self._keyed.get(name, 0) + 1
         for name in sub.channels:
             channel_subs = subscribers.get(name)
             if channel_subs is None:
@@ -226,6 +302,12 @@ class LocalFanOut:
         for name in sub.channels:
             channel_subs = subscribers.get(name)
             if channel_subs is not None:
+                if sub.kind and sub in channel_subs:
+                    left = self._keyed[name] - 1
+                    if left:
+                        self._keyed[name] = left
+                    else:
+                        del self._keyed[name]
                 channel_subs.discard(sub)
                 if not channel_subs:
                     del subscribers[name]
@@ -245,6 +327,8 @@ class LocalFanOut:
         sub.dropped = dropped
         self._unregister(sub)
         sub.queue.clear()
+        sub.latest = None
+        sub.gap = None
         self._open -= 1
         if dropped:
             self._dropped_slow += 1
@@ -285,6 +369,9 @@ class LocalFanOut:
             "replayed": self._replayed,
             "resets": self._resets,
             "dropped_slow": self._dropped_slow,
+            "conflated": self._counters.conflated,
+            "dropped": self._counters.dropped,
+            "gaps": self._counters.gaps,
             "queued": sum(len(sub.queue) for sub in self._everyone()),
         }
 
@@ -304,7 +391,8 @@ class LocalSubscription:
     ) -> None:
         self._broker = broker
         self._sub = sub
-        self._queue = sub.queue
+        # Events (the queue of a conflate subscriber, taken by _take, holds entries).
+        self._queue: deque[Event] = sub.queue
         self._replay: deque[Event] = deque(replay)
         self._reset = reset
 
@@ -332,6 +420,11 @@ class LocalSubscription:
         """True if the subscription started with a reset event instead of a replay."""
         return self._reset
 
+    @property
+    def policy(self) -> str:
+        """The slow-consumer policy it follows."""
+        return self._sub.policy or DISCONNECT
+
     def __iter__(self) -> Iterator[Event]:
         return self
 
@@ -343,6 +436,15 @@ class LocalSubscription:
             except IndexError:
                 pass  # closed meanwhile from another thread
         queue = self._queue
+        if self._sub.policy is not None:
+            while True:
+                if queue:
+                    batch = self._take(1)
+                    if batch:
+                        return batch[0]
+                if self._sub.ended:
+                    raise StopIteration
+                self._wait(None)
         while True:
             if queue:
                 try:
@@ -360,12 +462,22 @@ class LocalSubscription:
             replay = self._replay
             while replay and len(batch) < max_items:
                 batch.append(replay.popleft())
+            if self._sub.policy is not None:
+                if len(batch) < max_items and self._queue:
+                    batch += self._take(max_items - len(batch))
+                return batch
             pop = self._queue.popleft
             for _ in range(min(len(self._queue), max_items - len(batch))):
                 batch.append(pop())
         except IndexError:
             pass  # closed meanwhile from another thread
         return batch
+
+    def _take(self, max_items: int) -> list[Event]:
+        """Take from a slow-consumer policy's queue, under the broker's lock."""
+        broker = self._broker
+        with broker._lock:
+            return take(self._sub, max_items, broker._counters)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until an event is queued or the subscription ends.

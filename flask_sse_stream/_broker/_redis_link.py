@@ -44,7 +44,7 @@ from .._errors import InvalidEventError
 from .._event import Event
 from ._local import base36
 from ._redis_home import Home
-from ._redis_wire import Snapshot, Store, decode
+from ._redis_wire import Snapshot, Store, decode_keyed
 from .base import BrokerClosedError, BrokerUnavailableError
 
 __all__ = ["Gap", "Link"]
@@ -68,8 +68,8 @@ class Gap:
     """The link's generation of epochs for what follows."""
     lost: set[str]
     """Channels whose history no longer covers the gap: their subscribers get a reset."""
-    events: list[tuple[int, str, Event]]
-    """``(n, channel, event)`` of every missed event, in publish order."""
+    events: list[tuple[int, str, Event, str | None]]
+    """``(n, channel, event, key)`` of every missed event, in publish order."""
     epoch_changed: bool
     """Redis lost its data: every subscriber gets a reset, then all of the new epoch."""
 
@@ -81,7 +81,7 @@ class Link:
     :param store: reads the history for the gap fill.
     :param channels: the channels the broker wants subscribed now.
     :param on_event: called in the home hub with ``(channel, generation, n,
-        event)`` for each event as it arrives.
+        event, key)`` for each event as it arrives (``key``: its conflation key).
     :param on_confirmed: called in the home hub with each newly confirmed
         ``PING`` generation.
     :param on_gap: called in the home hub with what a gap fill found.
@@ -97,7 +97,7 @@ class Link:
         max_backoff: float,
         health_interval: float,
         channels: Callable[[], set[str]],
-        on_event: Callable[[str, int, int, Event], None],
+        on_event: Callable[[str, int, int, Event, str | None], None],
         on_confirmed: Callable[[int], None],
         on_gap: Callable[[Gap], None],
     ) -> None:
@@ -294,13 +294,13 @@ class Link:
         self.position = n
         channel = pubsub_channel[self._prefix_length :].decode()
         try:
-            event = decode(blob, f"{self.epoch}-{base36(n)}")
+            event, key = decode_keyed(blob, f"{self.epoch}-{base36(n)}")
         except (ValueError, InvalidEventError) as exc:
             log.warning(
                 "Ignored a pub/sub message on %r that did not decode: %s", channel, str(exc)
             )
             return
-        self._on_event(channel, self.generation, n, event)
+        self._on_event(channel, self.generation, n, event, key)
 
     # Recovering: subscribing again, filling the gap.
 
@@ -387,12 +387,12 @@ class Link:
                 tails[name] = tail
         if epoch_changed:
             self.generation += 1
-        events: list[tuple[int, str, Event]] = []
+        events: list[tuple[int, str, Event, str | None]] = []
         for n, name, blob in sorted(
             (n, name, blob) for name, tail in tails.items() for n, blob in tail
         ):
             try:
-                events.append((n, name, decode(blob, f"{epoch}-{base36(n)}")))
+                events.append((n, name, *decode_keyed(blob, f"{epoch}-{base36(n)}")))
             except (ValueError, InvalidEventError):
                 continue
         self._on_gap(Gap(epoch, snapshot.seq, self.generation, lost, events, epoch_changed))

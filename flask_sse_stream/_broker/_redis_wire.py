@@ -65,6 +65,7 @@ __all__ = [
     "close_sentinels",
     "connection_factory",
     "decode",
+    "decode_keyed",
     "encode",
     "new_epoch",
     "pipeline",
@@ -186,14 +187,19 @@ def _optional(value: str | None) -> bytes:
     return b"" if value is None else b"+" + value.encode()
 
 
-def encode(event: Event, dumps: JSONDumps) -> bytes:
+def encode(event: Event, dumps: JSONDumps, key: str | None = None) -> bytes:
     """The bytes Redis keeps and publishes for ``event`` (its id is added by the script).
 
     Five fields, newline-separated: the kind of data (``s`` text, ``j``
     JSON, ``n`` none), the event type, an id the publisher gave, the retry
     time, the data. ``event`` and ``id`` cannot hold a newline (the
-    :class:`Event` checks), so only the data, last, may.
+    :class:`Event` checks), so only the data, last, may. An event published
+    with a conflation ``key`` (one line, checked by the caller) starts with
+    one more line, ``k<key>``: no kind of data starts with ``k``, so the
+    bytes of an event without a key are those of earlier versions.
     """
+    if key is not None:
+        return b"k" + key.encode() + b"\n" + encode(event, dumps)
     data = event.data
     if data is None:
         kind, body = b"n", b""
@@ -213,6 +219,15 @@ def decode(blob: bytes, event_id: str) -> Event:
 
     :raises ValueError: if ``blob`` was not written by :func:`encode`.
     """
+    return decode_keyed(blob, event_id)[0]
+
+
+def decode_keyed(blob: bytes, event_id: str) -> tuple[Event, str | None]:
+    """As :func:`decode`, with the event's conflation key (``None`` if it has none)."""
+    key = None
+    if blob[:1] == b"k":
+        line, blob = blob.split(b"\n", 1)
+        key = line[1:].decode()
     kind, event_type, own_id, retry, body = blob.split(b"\n", 4)
     data: Any
     if kind == b"s":
@@ -223,12 +238,13 @@ def decode(blob: bytes, event_id: str) -> Event:
         data = None
     else:
         raise ValueError(f"unknown kind of data {kind[:8]!r}")
-    return Event(
+    event = Event(
         data,
         event_type[1:].decode() if event_type else None,
         own_id[1:].decode() if own_id else event_id,
         int(retry) if retry else None,
     )
+    return event, key
 
 
 def new_epoch() -> str:

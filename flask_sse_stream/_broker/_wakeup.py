@@ -39,8 +39,6 @@ import gevent
 from gevent import monkey
 from gevent.hub import Hub, Waiter
 
-from .._event import Event
-
 __all__ = [
     "HubWaker",
     "Subscriber",
@@ -153,7 +151,11 @@ class Subscriber:
         "channels",
         "dropped",
         "ended",
+        "gap",
         "interrupted",
+        "kind",
+        "latest",
+        "policy",
         "queue",
         "sink",
         "waiting",
@@ -161,7 +163,13 @@ class Subscriber:
 
     def __init__(self, channels: tuple[str, ...]) -> None:
         self.channels = channels
-        self.queue: deque[Event] = deque()
+        # Events; ``(key, event)`` entries for a ``conflate`` subscriber.
+        self.queue: deque[Any] = deque()
+        # The slow-consumer policy (None: disconnect) and its state, see _policy.
+        self.policy: str | None = None
+        self.kind = 0  # what the fan-out appends: 0 the event, 1 the (key, event) entry
+        self.gap: list[Any] | None = None
+        self.latest: dict[Any, Any] | None = None
         # At most one (waker, waiter): the owner appends it before it sleeps,
         # whoever wakes it pops it, so a wake-up is never lost or doubled.
         self.waiting: list[tuple[HubWaker, Waiter[Any]]] = []

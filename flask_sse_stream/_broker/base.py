@@ -31,10 +31,17 @@ The rules, in one place:
   ``addEventListener("sse-reset", ...)``: the page should refetch its state.
   A resume that silently skips events never happens.
 * **Slow subscribers.** Each subscription has a bounded queue. A publisher
-  never blocks on a subscriber; a subscription whose queue is full when an
-  event arrives is *dropped*: its queue is freed, its iteration ends, it is
-  counted in :attr:`BrokerStats.dropped_slow`, and the client is expected to
-  reconnect with its last id and replay. Other subscriptions are unaffected.
+  never blocks on a subscriber. What happens when a queue is full follows
+  the *slow-consumer policy* of the subscription's channels (see
+  :mod:`flask_sse_stream._broker._policy`). Under ``disconnect``, the
+  default, a subscription whose queue is full when an event arrives is
+  *dropped*: its queue is freed, its iteration ends, it is counted in
+  :attr:`BrokerStats.dropped_slow`, and the client is expected to reconnect
+  with its last id and replay. Under ``drop-oldest`` the oldest queued event
+  makes room and the subscription yields one ``sse-gap`` event per run of
+  dropped events; under ``conflate`` a lagging subscription keeps only the
+  newest event per key (``publish(..., key=)``). The replay follows the
+  policy too. Other subscriptions are unaffected.
 * **Sinks.** A subscription may hand the events that arrive while its
   owner waits to a sink, called in the hub, instead of waking the owner;
   the rules are those of :meth:`Subscription.set_sink`.
@@ -102,7 +109,16 @@ class BrokerStats:
     resets: int = 0
     """Reset events sent instead of a replay."""
     dropped_slow: int = 0
-    """Subscriptions dropped because their queue was full."""
+    """Subscriptions dropped because their queue was full (``disconnect``)."""
+    conflated: int = 0
+    """Events a ``conflate`` subscription skipped for a newer one of the same key
+    (once per subscription), live or in a replay. Counted when skipped: as the
+    subscription reads past them, or when a lagging queue is swept."""
+    dropped: int = 0
+    """Events a ``drop-oldest`` subscription skipped (once per subscription), live or
+    in a replay."""
+    gaps: int = 0
+    """``sse-gap`` events queued: one per run of events a subscription skipped."""
     queued: int = 0
     """Events waiting in subscriptions' queues right now."""
     history: int = 0
@@ -143,6 +159,11 @@ class Subscription(Protocol):
     @property
     def reset(self) -> bool:
         """True if the subscription started with a reset event instead of a replay."""
+        ...
+
+    @property
+    def policy(self) -> str:
+        """The slow-consumer policy it follows: ``disconnect``, ``drop-oldest`` or ``conflate``."""
         ...
 
     def __iter__(self) -> Iterator[Event]: ...
@@ -222,16 +243,20 @@ class Subscription(Protocol):
 class Broker(Protocol):
     """Carries events from publishers to subscriptions; see the module docstring."""
 
-    def publish(self, channel: str, event: Event) -> Event:
+    def publish(self, channel: str, event: Event, key: str | None = None) -> Event:
         """Store ``event`` in the channel's bounded history and deliver it.
 
         Every current subscription of ``channel`` gets it. If ``event.id`` is
         ``None`` the broker assigns one (see "Ids" above) and returns the new
         event as stored; otherwise it returns ``event`` itself. Never blocks on
         a slow subscriber. Safe to call from any greenlet and from any OS
-        thread, with or without a gevent hub.
+        thread, with or without a gevent hub. ``key`` names what the event is
+        the latest value of, for channels that ``conflate`` (``None``: one
+        key for the whole channel); it is kept with the event in the history.
 
         :raises BrokerClosedError: after :meth:`close`.
+        :raises InvalidEventError: if ``key`` is not ``None`` or a short
+            one-line ``str``.
         """
         ...
 

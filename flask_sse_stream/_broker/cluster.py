@@ -40,7 +40,7 @@ import heapq
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from gevent import monkey
@@ -67,6 +67,7 @@ from ._local import (
     check_sizes,
     check_subscribe,
 )
+from ._policy import Policies
 from ._redis_home import Home, Pool
 from ._redis_wire import decode, encode
 from ._wakeup import Subscriber, get_ident, wake
@@ -150,11 +151,20 @@ class ClusterBroker(LocalFanOut):
         max_backoff: float = 2.0,
         health_check_interval: float = 5.0,
         json_dumps: JSONDumps = json.dumps,
+        slow_consumer: str | Mapping[str, str] | None = None,
     ) -> None:
         check_sizes(history_size, queue_size)
+        policies = Policies(slow_consumer)
+        if policies:
+            # Its own hand-over (per-channel positions, rewritten ids) appends
+            # to the queues itself; the policies are not wired into it yet.
+            raise ValueError(
+                "the Redis Cluster broker supports only the 'disconnect' slow-consumer "
+                f"policy so far; got {policies.rules!r:.200}"
+            )
         if not monkey.is_module_patched("socket"):
             raise RuntimeError(_NOT_PATCHED)
-        super().__init__(queue_size)
+        super().__init__(queue_size, policies)
         self._history_size = history_size
         self._keys = ClusterKeys(key_prefix)
         self._timeout = float(timeout)
@@ -230,7 +240,7 @@ class ClusterBroker(LocalFanOut):
 
     # Publishing.
 
-    def publish(self, channel: str, event: Event) -> Event:
+    def publish(self, channel: str, event: Event, key: str | None = None) -> Event:
         """Store ``event`` in ``channel``'s stream and publish it; see :class:`Broker`.
 
         :raises BrokerUnavailableError: if the cluster cannot be reached in
@@ -238,13 +248,13 @@ class ClusterBroker(LocalFanOut):
             have been published.
         :raises BrokerClosedError: after :meth:`close`.
         """
-        check_publish(channel, event)
+        check_publish(channel, event, key)
         if self._closed:
             raise BrokerClosedError("publish() on a closed broker")
-        return self._home.run(self._publish, channel, event)
+        return self._home.run(self._publish, channel, event, key)
 
-    def _publish(self, channel: str, event: Event) -> Event:
-        epoch, n = self._store.publish(channel, encode(event, self._dumps), self._clock + 1)
+    def _publish(self, channel: str, event: Event, key: str | None) -> Event:
+        epoch, n = self._store.publish(channel, encode(event, self._dumps, key), self._clock + 1)
         self._clock = max(self._clock, n)
         self._published += 1
         if event.id is None:

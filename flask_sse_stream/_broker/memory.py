@@ -33,7 +33,7 @@ import heapq
 import secrets
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from .._event import Event
@@ -48,6 +48,7 @@ from ._local import (
     parse_id,
     seq_of,
 )
+from ._policy import Policies
 from ._wakeup import Subscriber, get_ident
 from .base import RESET_EVENT, Broker, BrokerClosedError, BrokerStats, Subscription
 
@@ -58,7 +59,8 @@ class _History:
     __slots__ = ("entries", "evicted", "touched")
 
     def __init__(self, size: int, evicted: int, now: float) -> None:
-        self.entries: deque[tuple[int, Event]] = deque(maxlen=size)
+        # (n, event, key)
+        self.entries: deque[tuple[int, Event, str | None]] = deque(maxlen=size)
         self.evicted = evicted
         """The sequence number of the newest event that fell out (or may have
         expired with an earlier history of the channel)."""
@@ -73,11 +75,15 @@ class MemoryBroker(LocalFanOut):
         (``SSE_HISTORY_SIZE``); ``0`` keeps none, so every reconnect with a
         last id gets the reset event.
     :param queue_size: live events a subscription may have waiting before it
-        is dropped as slow (``SSE_QUEUE_SIZE``). The replay a subscription
-        starts with does not count.
+        is dropped as slow (``SSE_QUEUE_SIZE``), or before its policy drops
+        or conflates events. The replay a subscription starts with does not
+        count.
     :param history_ttl: seconds a channel's history is kept once it has no
         subscriber and no publish (``SSE_HISTORY_TTL``); ``None``: for the
         broker's lifetime.
+    :param slow_consumer: the slow-consumer policy of every channel (a
+        ``str``), or of channels by name or pattern (``SSE_SLOW_CONSUMER``,
+        see :class:`~flask_sse_stream._broker._policy.Policies`).
 
     A channel's history is bounded by ``history_size`` and expires
     ``history_ttl`` seconds after its last publish or last subscriber; its
@@ -89,9 +95,11 @@ class MemoryBroker(LocalFanOut):
         history_size: int = 1000,
         queue_size: int = 1000,
         history_ttl: float | None = None,
+        *,
+        slow_consumer: str | Mapping[str, str] | None = None,
     ) -> None:
         check_sizes(history_size, queue_size)
-        super().__init__(queue_size)
+        super().__init__(queue_size, Policies(slow_consumer))
         self._history_size = history_size
         self._history_ttl = check_ttl(history_ttl)
         self._epoch = base36(secrets.randbits(40))
@@ -115,9 +123,9 @@ class MemoryBroker(LocalFanOut):
 
     # Publishing.
 
-    def publish(self, channel: str, event: Event) -> Event:
+    def publish(self, channel: str, event: Event, key: str | None = None) -> Event:
         """Store ``event`` in ``channel``'s history and deliver it; see :class:`Broker`."""
-        check_publish(channel, event)
+        check_publish(channel, event, key)
         me = get_ident()
         with self._lock:
             if self._closed:
@@ -140,11 +148,11 @@ class MemoryBroker(LocalFanOut):
             entries = history.entries
             if len(entries) == self._history_size:
                 history.evicted = entries[0][0] if entries else seq
-            entries.append((seq, event))
+            entries.append((seq, event, key))
             self._published += 1
             subscribers = self._subscribers.get(channel)
             if subscribers:
-                self._fan_out(subscribers, event, me)
+                self._fan_out(subscribers, event, me, channel, key)
         return event
 
     # Subscribing.
@@ -153,7 +161,7 @@ class MemoryBroker(LocalFanOut):
         """Subscribe to ``channels`` from ``last_id``; see :class:`Broker`."""
         names = check_subscribe(channels, last_id)
         last_seq = None if last_id is None else self._parse(last_id)
-        sub = Subscriber(names)
+        sub = self._new_subscriber(Subscriber(names))
         me = get_ident()
         reset = False
         with self._lock:
@@ -174,8 +182,7 @@ class MemoryBroker(LocalFanOut):
                     reset = True
                     self._resets += 1
                 else:
-                    replay = tail
-                    self._replayed += len(tail)
+                    replay = self._replay_by_policy(sub, tail)
             self._register(sub)
             self._open += 1
         return MemorySubscription(self, sub, replay, reset)
@@ -187,11 +194,16 @@ class MemoryBroker(LocalFanOut):
             return None
         return parsed[1]
 
-    def _tail(self, names: tuple[str, ...], last_seq: int) -> list[Event] | None:
-        """The events of ``names`` after ``last_seq`` in order; ``None``: cannot say."""
+    def _tail(
+        self, names: tuple[str, ...], last_seq: int
+    ) -> list[tuple[Event, tuple[str, str | None]]] | None:
+        """The events of ``names`` after ``last_seq``, in order, with their keys.
+
+        ``None``: cannot say.
+        """
         if last_seq > self._seq:
             return None
-        runs: list[list[tuple[int, Event]]] = []
+        runs: list[list[tuple[int, Event, tuple[str, str | None]]]] = []
         for name in names:
             history = self._histories.get(name)
             if history is None:
@@ -200,19 +212,18 @@ class MemoryBroker(LocalFanOut):
                 continue
             if history.evicted > last_seq:
                 return None
-            run: list[tuple[int, Event]] = []
-            for entry in reversed(history.entries):
-                if entry[0] <= last_seq:
+            run: list[tuple[int, Event, tuple[str, str | None]]] = []
+            for n, event, key in reversed(history.entries):
+                if n <= last_seq:
                     break
-                run.append(entry)
+                run.append((n, event, (name, key)))
             if run:
                 run.reverse()
                 runs.append(run)
         if not runs:
             return []
-        if len(runs) == 1:
-            return [event for _, event in runs[0]]
-        return [event for _, event in heapq.merge(*runs, key=seq_of)]
+        merged = runs[0] if len(runs) == 1 else heapq.merge(*runs, key=seq_of)
+        return [(event, key) for _, event, key in merged]
 
     # Ending.
 

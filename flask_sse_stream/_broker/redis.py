@@ -56,7 +56,7 @@ import os
 import time
 import weakref
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import gevent
@@ -75,6 +75,7 @@ from ._local import (
     parse_id,
     seq_of,
 )
+from ._policy import Policies
 from ._redis_home import Home, Pool
 from ._redis_link import Gap, Link
 from ._redis_wire import (
@@ -83,7 +84,7 @@ from ._redis_wire import (
     Store,
     close_sentinels,
     connection_factory,
-    decode,
+    decode_keyed,
     encode,
     replicas_to_wait,
     where,
@@ -121,9 +122,9 @@ class _RedisSubscriber(Subscriber):
     def __init__(self, channels: tuple[str, ...]) -> None:
         super().__init__(channels)
         self.live = False
-        # (epoch generation, n, event) fanned out before the subscriber went
-        # live; at the hand-over it keeps those after ``snap``.
-        self.buffer: list[tuple[int, int, Event]] = []
+        # (epoch generation, n, event, channel, key) fanned out before the
+        # subscriber went live; at the hand-over it keeps those after ``snap``.
+        self.buffer: list[tuple[int, int, Event, str, str | None]] = []
         # (epoch generation, n): what its replay covered; None: no replay.
         self.snap: tuple[int, int] | None = None
 
@@ -153,7 +154,12 @@ class RedisBroker(LocalFanOut):
     :param history_size: events kept per channel for replay (Redis stream
         ``MAXLEN``; Redis may keep a few more, never fewer).
     :param queue_size: live events a local subscription may have waiting
-        before it is dropped as slow.
+        before it is dropped as slow, or before its policy drops or
+        conflates events.
+    :param slow_consumer: the slow-consumer policy of every channel (a
+        ``str``), or of channels by name or pattern (``SSE_SLOW_CONSUMER``,
+        see :class:`~flask_sse_stream._broker._policy.Policies`). Every
+        process sharing the channels should use the same.
     :param key_prefix: prefix of every key and pub/sub channel, so that
         several apps can share one Redis.
     :param history_ttl: seconds a channel's history is kept in Redis once it
@@ -186,9 +192,11 @@ class RedisBroker(LocalFanOut):
         max_backoff: float = 2.0,
         health_check_interval: float = 5.0,
         json_dumps: JSONDumps = json.dumps,
+        slow_consumer: str | Mapping[str, str] | None = None,
     ) -> None:
         check_sizes(history_size, queue_size)
         ttl = check_ttl(history_ttl)
+        policies = Policies(slow_consumer)
         if isinstance(max_connections, bool) or not isinstance(max_connections, int):
             raise ValueError(f"max_connections must be a whole number, got {max_connections!r}")
         if max_connections < 1:
@@ -202,7 +210,7 @@ class RedisBroker(LocalFanOut):
                 raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
         if not monkey.is_module_patched("socket"):
             raise RuntimeError(_NOT_PATCHED)
-        super().__init__(queue_size)
+        super().__init__(queue_size, policies)
         self._history_size = history_size
         self._keys = Keys(key_prefix)
         self._timeout = float(timeout)
@@ -280,7 +288,7 @@ class RedisBroker(LocalFanOut):
 
     # Publishing.
 
-    def publish(self, channel: str, event: Event) -> Event:
+    def publish(self, channel: str, event: Event, key: str | None = None) -> Event:
         """Store ``event`` in ``channel``'s stream and publish it; see :class:`Broker`.
 
         Waits for Redis (one round trip).
@@ -289,15 +297,15 @@ class RedisBroker(LocalFanOut):
             the event may or may not have been published.
         :raises BrokerClosedError: after :meth:`close`.
         """
-        check_publish(channel, event)
+        check_publish(channel, event, key)
         self._check_usable("publish")
-        return self._home.run(self._publish, channel, event)
+        return self._home.run(self._publish, channel, event, key)
 
-    def _publish(self, channel: str, event: Event) -> Event:
+    def _publish(self, channel: str, event: Event, key: str | None) -> Event:
         if self._orphans:
             with self._lock:
                 self._release_orphans(self._home.thread)
-        epoch, n = self._store.publish(channel, encode(event, self._dumps))
+        epoch, n = self._store.publish(channel, encode(event, self._dumps, key))
         self._published += 1
         if event.id is None:
             event = Event(event.data, event.event, f"{epoch}-{base36(n)}", event.retry)
@@ -323,7 +331,7 @@ class RedisBroker(LocalFanOut):
         link.start()
         if self._history_ttl is not None and self._keeper is None:
             self._keeper = gevent.spawn(self._keep_histories)
-        sub = _RedisSubscriber(names)
+        sub = self._new_subscriber(_RedisSubscriber(names))
         me = self._home.thread
         with self._lock:
             if self._closed:
@@ -371,7 +379,7 @@ class RedisBroker(LocalFanOut):
                 if self._closed:
                     raise BrokerClosedError("subscribe() on a closed broker")
                 if snapshot.epoch == link.epoch:
-                    replay, reset = self._replay(snapshot, parsed)
+                    replay, reset = self._replay(sub, snapshot, parsed)
                     if not sub.ended:
                         sub.snap = (link.generation, snapshot.seq)
                         self._finalize.append((link.request(), sub))
@@ -385,31 +393,32 @@ class RedisBroker(LocalFanOut):
         return replay, reset
 
     def _replay(
-        self, snapshot: Snapshot, parsed: tuple[str, int] | None
+        self, sub: Subscriber, snapshot: Snapshot, parsed: tuple[str, int] | None
     ) -> tuple[list[Event], bool]:
-        """The replay (or the reset event) for ``parsed``; the lock is held."""
+        """The replay (or the reset event) for ``parsed``, by ``sub``'s policy; the lock is held."""
         epoch = snapshot.epoch
         if parsed is not None and parsed[0] == epoch and parsed[1] <= snapshot.seq:
-            runs: list[list[tuple[int, bytes]]] = []
-            for index in range(len(snapshot.entries)):
+            runs: list[list[tuple[int, bytes, str]]] = []
+            for index, name in enumerate(sub.channels):
                 tail = snapshot.tail(index, parsed[1], self._history_size)
                 if tail is None:
                     break
                 if tail:
-                    runs.append(tail)
+                    runs.append([(n, blob, name) for n, blob in tail])
             else:
                 merged = runs[0] if len(runs) == 1 else list(heapq.merge(*runs, key=seq_of))
-                replay = self._decode_all(merged, epoch)
-                self._replayed += len(replay)
-                return replay, False
+                return self._replay_by_policy(sub, self._decode_all(merged, epoch)), False
         self._resets += 1
         return [Event("", event=RESET_EVENT, id=f"{epoch}-{base36(snapshot.seq)}")], True
 
-    def _decode_all(self, entries: list[tuple[int, bytes]], epoch: str) -> list[Event]:
+    def _decode_all(
+        self, entries: list[tuple[int, bytes, str]], epoch: str
+    ) -> list[tuple[Event, tuple[str, str | None]]]:
         events = []
-        for n, blob in entries:
+        for n, blob, name in entries:
             try:
-                events.append(decode(blob, f"{epoch}-{base36(n)}"))
+                event, key = decode_keyed(blob, f"{epoch}-{base36(n)}")
+                events.append((event, (name, key)))
             except (ValueError, InvalidEventError) as exc:
                 # str(exc): a kept log record must not keep the traceback (see _redis_link).
                 log.warning(
@@ -426,18 +435,21 @@ class RedisBroker(LocalFanOut):
                 self._release_orphans(self._home.thread)
             return self._subscribers.keys() | self._pending.keys()
 
-    def _on_event(self, channel: str, generation: int, n: int, event: Event) -> None:
+    def _on_event(
+        self, channel: str, generation: int, n: int, event: Event, key: str | None
+    ) -> None:
         me = self._home.thread
         with self._lock:
             if self._orphans:
                 self._release_orphans(me)
             subscribers = self._subscribers.get(channel)
             if subscribers:
-                self._fan_out(subscribers, event, me)
+                self._fan_out(subscribers, event, me, channel, key)
             pending = self._pending.get(channel)
             if pending:
+                entry = (generation, n, event, channel, key)
                 for sub in list(pending):
-                    self._buffer(sub, generation, n, event, me)
+                    self._buffer(sub, entry, me)
 
     def _on_confirmed(self, generation: int) -> None:
         me = self._home.thread
@@ -464,22 +476,23 @@ class RedisBroker(LocalFanOut):
         if snap is None or not buffer:
             return
         generation, seq = snap
-        queue = sub.queue
         for entry in buffer:
-            if entry[0] > generation or (entry[0] == generation and entry[1] > seq):
-                queue.append(entry[2])
-        self._delivered += len(queue)
-        if len(queue) > self._queue_size:
-            self._end(sub, me, dropped=True)
-        elif queue:
+            after = entry[0] > generation or (entry[0] == generation and entry[1] > seq)
+            if after and not self._offer(sub, entry[2], entry[3], entry[4]):
+                self._end(sub, me, dropped=True)
+                return
+        if sub.queue:
             wake(sub, me)
 
     def _buffer(
-        self, sub: _RedisSubscriber, generation: int, n: int, event: Event, me: int
+        self,
+        sub: _RedisSubscriber,
+        entry: tuple[int, int, Event, str, str | None],
+        me: int,
     ) -> None:
         """Keep an event for ``sub`` until it goes live; the lock is held."""
         buffer = sub.buffer
-        buffer.append((generation, n, event))
+        buffer.append(entry)
         if len(buffer) > max(2 * self._queue_size, 1000):
             self._end(sub, me, dropped=True)
 
@@ -496,31 +509,35 @@ class RedisBroker(LocalFanOut):
                 if not gap.lost.isdisjoint(sub.channels):
                     # The history does not cover what it missed: reset, from now.
                     skip.add(sub)
-                    self._give(sub, generation, gap.seq, here, me)
+                    self._give(sub, (generation, gap.seq, here, "", None), me)
                     self._resets += 1
                 elif gap.epoch_changed:
                     # Redis lost its data: reset, then everything of the new epoch.
-                    self._give(sub, generation, 0, start, me)
+                    self._give(sub, (generation, 0, start, "", None), me)
                     self._resets += 1
-            for n, name, event in gap.events:
+            for n, name, event, key in gap.events:
+                entry = (generation, n, event, name, key)
                 for sub in list(self._subscribers.get(name, ())):
                     if sub not in skip:
-                        self._give(sub, generation, n, event, me)  # type: ignore[arg-type]
+                        self._give(sub, entry, me)  # type: ignore[arg-type]
                 for pending_sub in list(self._pending.get(name, ())):
                     if pending_sub not in skip:
-                        self._give(pending_sub, generation, n, event, me)
+                        self._give(pending_sub, entry, me)
 
-    def _give(self, sub: _RedisSubscriber, generation: int, n: int, event: Event, me: int) -> None:
-        """Queue ``event`` for ``sub`` if it is live, else buffer it; the lock is held."""
+    def _give(
+        self,
+        sub: _RedisSubscriber,
+        entry: tuple[int, int, Event, str, str | None],
+        me: int,
+    ) -> None:
+        """Queue an event for ``sub`` if it is live, else buffer it; the lock is held."""
         if sub.ended:
             return
         if not sub.live:
-            self._buffer(sub, generation, n, event, me)
-        elif len(sub.queue) >= self._queue_size:
+            self._buffer(sub, entry, me)
+        elif not self._offer(sub, entry[2], entry[3], entry[4]):
             self._end(sub, me, dropped=True)
         else:
-            sub.queue.append(event)
-            self._delivered += 1
             wake(sub, me)
 
     def _keep_histories(self) -> None:

@@ -92,22 +92,42 @@ def cluster_group() -> Iterator[ClusterGroup]:
         yield group
 
 
+SlowConsumer = str | dict[str, str] | None
+
+
 class MakeBroker(Protocol):
     kind: str
 
     def __call__(
-        self, history_size: int = 1000, queue_size: int = 1000, history_ttl: float | None = None
+        self,
+        history_size: int = 1000,
+        queue_size: int = 1000,
+        slow_consumer: SlowConsumer = None,
+        history_ttl: float | None = None,
     ) -> Broker: ...
 
 
 def _memory(
-    request: pytest.FixtureRequest, history_size: int, queue_size: int, history_ttl: float | None
+    request: pytest.FixtureRequest,
+    history_size: int,
+    queue_size: int,
+    slow: SlowConsumer,
+    history_ttl: float | None,
 ) -> Broker:
-    return MemoryBroker(history_size=history_size, queue_size=queue_size, history_ttl=history_ttl)
+    return MemoryBroker(
+        history_size=history_size,
+        queue_size=queue_size,
+        history_ttl=history_ttl,
+        slow_consumer=slow,
+    )
 
 
 def _redis(
-    request: pytest.FixtureRequest, history_size: int, queue_size: int, history_ttl: float | None
+    request: pytest.FixtureRequest,
+    history_size: int,
+    queue_size: int,
+    slow: SlowConsumer,
+    history_ttl: float | None,
 ) -> Broker:
     from flask_sse_stream._broker.redis import RedisBroker
 
@@ -118,11 +138,16 @@ def _redis(
         queue_size=queue_size,
         history_ttl=history_ttl,
         key_prefix=f"test-{uuid.uuid4().hex[:12]}:",
+        slow_consumer=slow,
     )
 
 
 def _sentinel(
-    request: pytest.FixtureRequest, history_size: int, queue_size: int, history_ttl: float | None
+    request: pytest.FixtureRequest,
+    history_size: int,
+    queue_size: int,
+    slow: SlowConsumer,
+    history_ttl: float | None,
 ) -> Broker:
     from flask_sse_stream._broker.redis import RedisBroker
 
@@ -133,11 +158,16 @@ def _sentinel(
         queue_size=queue_size,
         key_prefix=f"test-{uuid.uuid4().hex[:12]}:",
         history_ttl=history_ttl,
+        slow_consumer=slow,
     )
 
 
 def _cluster(
-    request: pytest.FixtureRequest, history_size: int, queue_size: int, history_ttl: float | None
+    request: pytest.FixtureRequest,
+    history_size: int,
+    queue_size: int,
+    slow: SlowConsumer,
+    history_ttl: float | None,
 ) -> Broker:
     from flask_sse_stream._broker.cluster import ClusterBroker
 
@@ -149,10 +179,13 @@ def _cluster(
         history_size=history_size,
         queue_size=queue_size,
         key_prefix=f"test-{uuid.uuid4().hex[:12]}:",
+        slow_consumer=slow,
     )
 
 
-_FACTORIES: dict[str, Callable[[pytest.FixtureRequest, int, int, float | None], Broker]] = {
+_FACTORIES: dict[
+    str, Callable[[pytest.FixtureRequest, int, int, SlowConsumer, float | None], Broker]
+] = {
     "memory": _memory,
     "redis": _redis,
     "sentinel": _sentinel,
@@ -171,9 +204,12 @@ def make_broker(request: pytest.FixtureRequest) -> Iterator[MakeBroker]:
     made: list[Broker] = []
 
     def make(
-        history_size: int = 1000, queue_size: int = 1000, history_ttl: float | None = None
+        history_size: int = 1000,
+        queue_size: int = 1000,
+        slow_consumer: SlowConsumer = None,
+        history_ttl: float | None = None,
     ) -> Broker:
-        broker = factory(request, history_size, queue_size, history_ttl)
+        broker = factory(request, history_size, queue_size, slow_consumer, history_ttl)
         made.append(broker)
         return broker
 

@@ -91,6 +91,13 @@ def test_members_of_both_workers_are_seen_from_either(workers: list[Worker]) -> 
     b.tracker.enter(["lobby"], BOB)
     b.tracker.enter(["lobby"], ANONYMOUS)
     for worker in workers:
+        # Each worker sends its changes in batches, from a greenlet of its
+        # own: the other's may still be on the way.
+        wait_until(
+            lambda w=worker: w.tracker.presence("lobby").connections == 4,
+            5,
+            "both workers' changes",
+        )
         answer = worker.tracker.presence("lobby")
         assert answer.members == ({"name": "ada"}, {"name": "bob"})
         assert answer.connections == 4

@@ -19,8 +19,8 @@ from flask import Flask
 from gevent import monkey
 from redis_server import RedisServer, free_port
 
-from flask_sse_stream import InvalidChannelError, InvalidEventError
-from flask_sse_stream._broker._redis_wire import decode
+from flask_sse_stream import Event, InvalidChannelError, InvalidEventError
+from flask_sse_stream._broker._redis_wire import decode, decode_keyed
 from flask_sse_stream._broker.redis import BrokerUnavailableError, RedisBroker
 from flask_sse_stream._publisher import Publisher, flask_json_dumps
 
@@ -179,3 +179,19 @@ def test_a_whole_event_or_a_datastar_event_is_published_with_its_own_fields(
     assert (first.data, first.event, first.retry) == ('{"n": 1}', "json", 5)
     assert (second.data, second.event) == ('signals {"online":3}', "datastar-patch-signals")
     assert event_id.split("-")[1] == "2"
+
+
+def test_a_key_is_stored_with_the_event_and_a_bad_one_refused(
+    publisher: Publisher, redis_server: RedisServer, prefix: str
+) -> None:
+    event_id = publisher.publish({"price": 1}, channel="ticker", key="AAPL")
+    publisher.publish("no key", channel="ticker")
+    with redis_server.client() as client:
+        (_, keyed), (_, plain) = client.xrange(f"{prefix}stream:ticker")
+    assert decode_keyed(keyed["e"].encode(), event_id) == (
+        Event('{"price": 1}', id=event_id),
+        "AAPL",
+    )
+    assert decode_keyed(plain["e"].encode(), "x")[1] is None
+    with pytest.raises(InvalidEventError, match="key"):
+        publisher.publish("x", channel="ticker", key="a\nb")

@@ -88,6 +88,7 @@ def state() -> dict[str, Any]:
         "started": started,
         "finalized": finalized,
         "closed": closed,
+        "encodings": encodings,
     }
 
 
@@ -142,6 +143,37 @@ def blocked() -> Iterator[Event]:
         yield Event(f"hello from {os.getpid()}")
         gevent.sleep(600)
         yield Event("unreachable")
+    finally:
+        finalized[token] = time.monotonic()
+
+
+encodings: dict[str, str | None] = {}
+"""The Accept-Encoding each ``/compressed`` request came with, by token."""
+
+
+@app.get("/compressed")
+@sse.stream(compress=["br", "gzip"], heartbeat=0.5)
+def compressed() -> Iterator[dict[str, Any]]:
+    """``n`` JSON events ``gap`` seconds apart, stamped with the wall clock (ms), then blocked."""
+    return _compressed()
+
+
+@app.get("/compressed-gzip")
+@sse.stream(compress="gzip", heartbeat=0.5)
+def compressed_gzip() -> Iterator[dict[str, Any]]:
+    """As ``/compressed``, offering gzip only."""
+    return _compressed()
+
+
+def _compressed() -> Iterator[dict[str, Any]]:
+    token = request.args["token"]
+    encodings[token] = request.headers.get("Accept-Encoding")
+    started[token] = time.monotonic()
+    try:
+        for i in range(int(request.args.get("n", 4))):
+            gevent.sleep(float(request.args.get("gap", 0.4)))
+            yield {"i": i, "made": time.time() * 1000, "words": "the same words again " * 20}
+        gevent.sleep(600)
     finally:
         finalized[token] = time.monotonic()
 

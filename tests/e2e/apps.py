@@ -226,6 +226,52 @@ def tokens() -> Iterator[object]:
     yield from completion_chunks(model(), model="fake")
 
 
+COMPRESS = ["br", "gzip"]
+"""What the compressed views offer: the client's Accept-Encoding picks."""
+
+
+@app.get("/compressed")
+@sse.stream(heartbeat=0.3, compress=COMPRESS)
+def compressed() -> Iterator[dict[str, Any]]:
+    """``n`` JSON events ``gap`` seconds apart, each stamped when made, then blocked."""
+    _mark(started)
+    try:
+        for i in range(request.args.get("n", 3, type=int)):
+            if i:
+                gevent.sleep(request.args.get("gap", 0.2, type=float))
+            yield {"i": i, "made": time.monotonic(), "words": "the same words again " * 20}
+        gevent.sleep(BLOCK)
+    finally:
+        _mark(finalized)
+
+
+@app.get("/compressed-channel/<channel>")
+@sse.stream(heartbeat=0.3, compress=COMPRESS)
+def compressed_channel(channel: str) -> Any:
+    """A subscription, served by the handler (its sink writes beside it where it may)."""
+    return sse.subscribe([channel], last_id=None)
+
+
+@app.post("/publish/<channel>")
+def publish(channel: str) -> dict[str, int]:
+    """Publish ``n`` stamped events, ``gap`` seconds apart, from a greenlet; returns at once."""
+    count = request.args.get("n", 3, type=int)
+    gap = request.args.get("gap", 0.2, type=float)
+
+    def run() -> None:
+        with app.app_context():
+            for i in range(count):
+                if i:
+                    gevent.sleep(gap)
+                sse.publish(
+                    {"i": i, "made": time.monotonic(), "words": "the same words again " * 20},
+                    channel=channel,
+                )
+
+    gevent.spawn(run)
+    return {"subscribers": sse.broker.stats().subscribers.get(channel, 0)}
+
+
 class _MarkChunks:
     """A middleware that changes the body of ``/marked/...``: a comment after each chunk.
 

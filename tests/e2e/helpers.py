@@ -246,6 +246,11 @@ class RawClient:
         self.events: list[ServerSentEvent] = []
         self.body = bytearray()
         self.held = b""
+        self.decode: Callable[[bytes], bytes] = bytes
+        """Decodes each chunk before the parser sees it: set it to
+        ``testing.decoder(coding)`` for a compressed response."""
+        self.decoded: list[bytes] = []
+        """What each chunk decoded to, in order."""
 
     def __enter__(self) -> RawClient:
         return self
@@ -334,7 +339,9 @@ class RawClient:
             if event.chunk_end:
                 data = b"".join(parts)
                 self.body += data
-                self.events += self.parser.feed(data)
+                text = self.decode(data)
+                self.decoded.append(text)
+                self.events += self.parser.feed(text)
                 return data
 
     def chunks_until_end(self, timeout: float = 5.0) -> list[bytes]:

@@ -30,6 +30,11 @@ app.config.update(
     SSE_WRITE_TIMEOUT=2,
     SSE_MAX_CONNECTIONS=5000,
 )
+if not os.environ.get("SSE_TEST_BROKER_URL", "").startswith("redis+cluster://"):
+    # The Redis Cluster broker supports only "disconnect" so far.
+    app.config["SSE_SLOW_CONSUMER"] = {"tick*": "conflate", "logs*": "drop-oldest"}
+if os.environ.get("SSE_TEST_WRITE_TIMEOUT"):
+    app.config["SSE_WRITE_TIMEOUT"] = float(os.environ["SSE_TEST_WRITE_TIMEOUT"])
 if os.environ.get("SSE_TEST_BROKER_URL"):
     app.config["SSE_BROKER_URL"] = os.environ["SSE_TEST_BROKER_URL"]
     app.config["SSE_KEY_PREFIX"] = os.environ.get("SSE_KEY_PREFIX", "sse:")
@@ -74,11 +79,14 @@ def state() -> dict[str, Any]:
     }
 
 
-def _publish_sequence(channel: str, count: int, start: int, pause: float, size: int) -> None:
+def _publish_sequence(
+    channel: str, count: int, start: int, pause: float, size: int, *, keys: int
+) -> None:
     padding = "x" * size
     with app.app_context():
         for n in range(start, start + count):
-            sse.publish({"n": n, "pad": padding}, channel=channel)
+            key = f"k{n % keys}" if keys else None
+            sse.publish({"n": n, "pad": padding}, channel=channel, key=key)
             if pause:
                 gevent.sleep(pause)
             elif n % 100 == 99:
@@ -87,7 +95,10 @@ def _publish_sequence(channel: str, count: int, start: int, pause: float, size: 
 
 @app.post("/publish-sequence")
 def publish_sequence() -> dict[str, Any]:
-    """Publish ``count`` events ``{"n": start..}`` to ``channel`` from a greenlet."""
+    """Publish ``count`` events ``{"n": start..}`` to ``channel`` from a greenlet.
+
+    With ``keys``, event ``n`` has the conflation key ``k<n % keys>``.
+    """
     args = request.args
     worker = gevent.spawn(
         _publish_sequence,
@@ -96,6 +107,7 @@ def publish_sequence() -> dict[str, Any]:
         int(args.get("start", 0)),
         float(args.get("pause", 0)),
         int(args.get("size", 0)),
+        keys=int(args.get("keys", 0)),
     )
     if args.get("wait"):
         worker.join()

@@ -91,10 +91,10 @@ class Subscriber:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def read(self) -> None:
-        """Take what the socket has; parse it."""
+    def read(self, size: int = 1 << 18) -> None:
+        """Take what the socket has (up to ``size`` bytes); parse it."""
         try:
-            data = self.sock.recv(1 << 18)
+            data = self.sock.recv(size)
         except BlockingIOError:
             return
         except ConnectionError:

@@ -93,6 +93,16 @@ def ticks() -> Response:
     return sse.response(_ticks(int(args.get("count", 10)), float(args.get("interval", 0.05))))
 
 
+@app.get("/compressed-ticks")
+def compressed_ticks() -> Response:
+    """As ``/ticks``, compressed with the coding the client accepts (br, else gzip)."""
+    args = request.args
+    return sse.response(
+        _ticks(int(args.get("count", 10)), float(args.get("interval", 0.05))),
+        compress=["br", "gzip"],
+    )
+
+
 @app.get("/ticks-without-header")
 def ticks_without_header() -> Response:
     """As ``/ticks``, without ``X-Accel-Buffering: no``: the control for buffering."""
