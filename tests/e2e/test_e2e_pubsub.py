@@ -293,8 +293,13 @@ def test_one_stalled_subscriber_among_100_is_dropped_and_the_others_get_everythi
     wait_subscribed(server, "herd", 100)
     before = server.state()
     # 6 MB: more than the kernel buffers of the stalled connection (about
-    # 3 MB on loopback here) plus its stream buffer and queue (208 events).
-    post(server, "/publish-sequence?channel=herd&count=1500&size=4000")
+    # 3 MB on loopback here) plus its queue (200 events) and the chunk in hand.
+    # Paced (1 ms between publishes, about 4 s in all): a healthy connection
+    # has about as much room (4-5 MB) as the stalled one, so at full speed
+    # (6 MB in 0.7 s) a client that keeps up but pauses for 0.1-0.2 s (a GC
+    # pass, a busy machine) fills it too and is dropped, rightly: it fell
+    # SSE_QUEUE_SIZE behind. At this pace it may pause for seconds.
+    post(server, "/publish-sequence?channel=herd&count=1500&size=4000&pause=0.001")
     last = b'"n": 1499,'
     read_until(healthy, lambda s: s.raw is not None and last in s.raw[-8200:], timeout=60)
     for sub in healthy:
