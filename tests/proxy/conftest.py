@@ -109,16 +109,21 @@ def haproxy_factory(
     running: dict[str, HAProxy] = {}
 
     def start(
-        *, set_directives: dict[str, str] | None = None, remove: tuple[str, ...] = ()
+        *,
+        set_directives: dict[str, str] | None = None,
+        remove: tuple[str, ...] = (),
+        backend: tuple[str, ...] = (),
     ) -> HAProxy:
-        key = repr((sorted((set_directives or {}).items()), remove))
+        key = repr((sorted((set_directives or {}).items()), remove, backend))
         haproxy = running.get(key)
         if haproxy is None or haproxy.process.poll() is not None:
             port = free_port()
             # The shipped maxconn needs twice as many descriptors as a test
             # machine's hard limit may allow.
             directives = {"maxconn": "1000", **(set_directives or {})}
-            config = haproxy_config(upstream.port, port, set_directives=directives, remove=remove)
+            config = haproxy_config(
+                upstream.port, port, set_directives=directives, remove=remove, backend=backend
+            )
             haproxy = running[key] = start_haproxy(
                 haproxy_bin, config, Path(tmp_path_factory.mktemp("haproxy")), port
             )

@@ -1,9 +1,9 @@
 """A real HAProxy for the tests: our shipped config, in the foreground.
 
 :func:`haproxy_config` takes ``examples/deploy/haproxy.cfg`` as shipped and
-points it at the test's ports, optionally changing a directive's value or
-taking a line out; :func:`start_haproxy` runs it without daemonising, so
-the test owns the process.
+points it at the test's ports, optionally changing a directive's value,
+taking a line out or adding lines to the app's backend; :func:`start_haproxy`
+runs it without daemonising, so the test owns the process.
 """
 
 from __future__ import annotations
@@ -38,12 +38,14 @@ def haproxy_config(
     *,
     set_directives: dict[str, str] | None = None,
     remove: tuple[str, ...] = (),
+    backend: tuple[str, ...] = (),
 ) -> str:
     """The shipped config, listening on ``listen_port``, proxying to ``upstream_port``.
 
     ``set_directives`` replaces the value of every line that starts with
     the given text (``{"timeout server": "3s"}``); ``remove`` drops the
-    lines that start with one of the given texts.
+    lines that start with one of the given texts; ``backend`` adds lines to
+    the app's backend (``("compression algo gzip",)``).
     """
     text = SHIPPED.read_text()
     text, binds = re.subn(r"(?m)^(\s*)bind :80$", rf"\1bind {HOST}:{listen_port}", text)
@@ -58,6 +60,13 @@ def haproxy_config(
     for start in remove:
         text, count = re.subn(rf"(?m)^\s*{re.escape(start)}.*\n", "", text)
         assert count == 1, f"the shipped haproxy.cfg has no single {start!r} line"
+    if backend:
+        text, count = re.subn(
+            r"(?m)^(\s*)(server app1 .*)$",
+            lambda m: "".join(f"{m[1]}{line}\n" for line in backend) + m[1] + m[2],
+            text,
+        )
+        assert count == 1
     return text
 
 
@@ -84,7 +93,7 @@ class HAProxy:
 
 
 HAProxyFactory = Callable[..., HAProxy]
-"""The ``haproxy_factory`` fixture: ``start(set_directives=..., remove=...)``."""
+"""The ``haproxy_factory`` fixture: ``start(set_directives=..., remove=..., backend=...)``."""
 
 
 def start_haproxy(
