@@ -38,6 +38,8 @@ ORIGIN = os.environ.get("BROWSER_TEST_ORIGIN")
 """The origin of the test page, allowed to open streams cross-origin with cookies."""
 if ORIGIN:
     app.config.update(SSE_CORS_ORIGINS=[ORIGIN], SSE_CORS_CREDENTIALS=True)
+if os.environ.get("BROWSER_TEST_BROKER_URL"):
+    app.config["SSE_BROKER_URL"] = os.environ["BROWSER_TEST_BROKER_URL"]
 sse = SSE(app)
 app.register_blueprint(sse.blueprint, url_prefix="/events")
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from e2e.helpers import HOST, Server, free_port
 
-from .servers import APP, LIVE, skip_or_fail, start_runner
+from .servers import APP, LIVE, live, skip_or_fail, start_runner
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -105,10 +105,8 @@ def runner(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         port=port,
         env={"BROWSER_TEST_ORIGIN": f"http://{HOST}:{port}"},
     )
-    LIVE.append(server)
-    yield server
-    LIVE.remove(server)
-    server.stop()
+    with live(server):
+        yield server
 
 
 @pytest.fixture
