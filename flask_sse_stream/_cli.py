@@ -80,6 +80,13 @@ def _parser() -> argparse.ArgumentParser:
         default=1000,
         help="base reconnection delay in ms sent to clients on shutdown (default 1000)",
     )
+    run.add_argument(
+        "--request-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a client has to send a request's headers, and an idle kept-alive "
+        "connection waits for the next (default 10; 0: for ever)",
+    )
     run.add_argument("--no-access-log", action="store_true", help="do not log each request")
     return parser
 
@@ -102,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.port,
         drain_timeout=args.drain_timeout,
         drain_retry=args.drain_retry,
+        request_timeout=args.request_timeout or None,
         access_log=not args.no_access_log,
         on_ready=ready,
     )

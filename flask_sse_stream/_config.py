@@ -17,6 +17,12 @@ Key                        Default  Meaning
                                     client before the producer is paused.
 ``SSE_HISTORY_SIZE``       ``1000`` Events kept per channel to replay to a client
                                     that reconnects with ``Last-Event-ID``.
+``SSE_HISTORY_TTL``        ``3600`` Seconds a channel's history is kept once
+                                    it has no subscriber and no publish; then
+                                    it is dropped (in Redis: the keys
+                                    expire) and a client that comes back
+                                    with an id of it gets ``sse-reset``.
+                                    ``0`` or ``None``: kept for ever.
 ``SSE_QUEUE_SIZE``         ``1000`` Events a subscriber may fall behind before it
                                     is dropped (it reconnects and replays), or
                                     before its channel's slow-consumer policy
@@ -28,7 +34,9 @@ Key                        Default  Meaning
                                     mapping of channel names and patterns to
                                     policies (``{"ticker:*": "conflate"}``).
 ``SSE_MAX_CONNECTIONS``    ``None`` Open streams per process; past it a new
-                                    stream gets 503 with ``Retry-After``.
+                                    stream is told to come back later (a
+                                    200 stream with a jittered ``retry:``
+                                    and an ``sse-unavailable`` event).
                                     ``None``: no limit.
 ``SSE_CORS_ORIGINS``       ``()``   Origins allowed to open the blueprint's
                                     streams cross-origin: a list, or ``"*"``.
@@ -92,6 +100,7 @@ DEFAULTS: Mapping[str, Any] = {
     "SSE_WRITE_TIMEOUT": 30,
     "SSE_BUFFER_SIZE": 64,
     "SSE_HISTORY_SIZE": 1000,
+    "SSE_HISTORY_TTL": 3600,
     "SSE_QUEUE_SIZE": 1000,
     "SSE_SLOW_CONSUMER": "disconnect",
     "SSE_MAX_CONNECTIONS": None,
@@ -274,6 +283,7 @@ class Config:
     write_timeout: float | None
     buffer_size: int
     history_size: int = 1000
+    history_ttl: float | None = 3600.0
     queue_size: int = 1000
     slow_consumer: tuple[tuple[str, str], ...] = (("*", "disconnect"),)
     """``(pattern, policy)`` pairs, in order (a channel's own name first)."""
@@ -312,6 +322,7 @@ class Config:
             write_timeout=seconds("SSE_WRITE_TIMEOUT", get("SSE_WRITE_TIMEOUT")),
             buffer_size=positive_int("SSE_BUFFER_SIZE", get("SSE_BUFFER_SIZE")),
             history_size=positive_int("SSE_HISTORY_SIZE", get("SSE_HISTORY_SIZE")),
+            history_ttl=seconds("SSE_HISTORY_TTL", get("SSE_HISTORY_TTL")),
             queue_size=positive_int("SSE_QUEUE_SIZE", get("SSE_QUEUE_SIZE")),
             slow_consumer=slow_consumer("SSE_SLOW_CONSUMER", get("SSE_SLOW_CONSUMER")),
             max_connections=optional_positive_int(

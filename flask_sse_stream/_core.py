@@ -167,6 +167,10 @@ TRANSITIONS: Final[dict[State, dict[Input, State]]] = {
         In.DRAIN: S.CLOSED,
         In.PEER_CLOSED: S.CLOSED,
         In.WRITE_FAILED: S.CLOSED,
+        # The rest of a frame that a greenlet of ours was sending when the
+        # client went away (found by the reliability suite, tests/soak).
+        In.RAW_SENT: S.CLOSED,
+        In.RAW_SENT_QUEUED: S.CLOSED,
     },
 }
 del S, In

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import json
 import os
+import random
 import threading
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +20,6 @@ from flask import (
     Response,
     current_app,
     has_request_context,
-    jsonify,
     request,
     stream_with_context,
 )
@@ -33,11 +35,11 @@ from ._errors import InvalidEventError
 from ._event import Comment, Event, JSONDumps
 from ._presence import MemoryStore, Presence, Store, Tracker
 from ._publish import event_to_publish
-from ._stream import CloseReason, EventStream, heartbeats, open_streams
+from ._stream import CloseReason, EventStream, admitted_streams, heartbeats, open_streams
 from ._transport import ENVIRON_KEY as TRANSPORT_KEY
 from .datastar import is_datastar_event, to_event
 
-__all__ = ["SSE", "Stats", "stream_headers"]
+__all__ = ["SSE", "Stats", "close_brokers", "come_back_later", "stream_headers"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -244,35 +246,87 @@ def make_tracker(config: Config, broker: Broker) -> Tracker:
     )
 
 
+_brokers: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
 def make_broker(config: Config) -> Broker:
     """Build the broker ``SSE_BROKER_URL`` names (the in-process one when unset)."""
     url = config.broker_url
     slow_consumer = dict(config.slow_consumer)
+    broker: Broker
     if url is None:
-        return MemoryBroker(
+        broker = MemoryBroker(
             history_size=config.history_size,
             queue_size=config.queue_size,
+            history_ttl=config.history_ttl,
             slow_consumer=slow_consumer,
         )
-    if url.startswith("redis+cluster://"):
+    elif url.startswith("redis+cluster://"):
         from ._broker.cluster import ClusterBroker  # needs the redis extra
 
-        return ClusterBroker(
+        # No SSE_HISTORY_TTL in a cluster yet: its histories are kept (CHANGES.md).
+        broker = ClusterBroker(
             url,
             history_size=config.history_size,
             queue_size=config.queue_size,
             key_prefix=config.key_prefix,
             slow_consumer=slow_consumer,
         )
-    from ._broker.redis import RedisBroker  # needs the redis extra
+    else:
+        from ._broker.redis import RedisBroker  # needs the redis extra
 
-    return RedisBroker(
-        url,
-        history_size=config.history_size,
-        queue_size=config.queue_size,
-        key_prefix=config.key_prefix,
-        slow_consumer=slow_consumer,
-    )
+        broker = RedisBroker(
+            url,
+            history_size=config.history_size,
+            queue_size=config.queue_size,
+            key_prefix=config.key_prefix,
+            history_ttl=config.history_ttl,
+            slow_consumer=slow_consumer,
+        )
+    _brokers.add(broker)
+    return broker
+
+
+def close_brokers() -> int:
+    """Close every broker this process made for an app; return how many.
+
+    Our runner and our gunicorn worker call it when they stop, after the
+    streams are drained: the Redis broker's connections and greenlets end
+    with the process's work, not with whatever exits it.
+    """
+    brokers = [broker for broker in list(_brokers) if broker is not None]
+    for broker in brokers:
+        broker.close()
+    _brokers.clear()
+    return len(brokers)
+
+
+UNAVAILABLE_EVENT: Final = "sse-unavailable"
+"""The event a stream that cannot be served now carries, before it ends."""
+
+
+def come_back_later(reason: str, retry: int | None, message: str) -> Response:
+    """A 200 event stream that tells the browser to come back later, and ends.
+
+    ``EventSource`` gives up for good on any other status than 200; this
+    answer keeps it: a ``retry:`` of ``retry`` milliseconds plus up to as
+    much again at random (so refused clients come back spread out), then
+    one ``sse-unavailable`` event whose data is
+    ``{"reason": reason, "message": message, "retry": delay}``, then the
+    end. It carries no ``id``, so the browser's ``Last-Event-ID`` is kept
+    and the next stream replays what was missed meanwhile. ``Retry-After``
+    says the same to clients that read headers.
+    """
+    base = retry or 1000
+    delay = base + int(random.random() * base)
+    body = Event(
+        json.dumps({"reason": reason, "message": message, "retry": delay}),
+        event=UNAVAILABLE_EVENT,
+        retry=delay,
+    ).encode()
+    response = Response(body, status=200, headers=stream_headers())
+    response.headers["Retry-After"] = str(max(1, -(-delay // 1000)))
+    return response
 
 
 def _hold() -> Iterator[str]:
@@ -589,14 +643,19 @@ class SSE:
         return request.environ.get(IDENTITY_KEY)
 
     def _refuse_if_full(self) -> Response | None:
-        """Return a 503 response if ``SSE_MAX_CONNECTIONS`` streams are open, else ``None``."""
+        """The answer for a new stream past ``SSE_MAX_CONNECTIONS``, or ``None``.
+
+        Streams count from when their response is made, so a burst of
+        requests cannot overshoot the limit. The answer is
+        :func:`come_back_later`: a 200 stream with a jittered ``retry:`` and
+        one ``sse-unavailable`` event (reason ``"full"``), after which the
+        browser reconnects by itself; never a 503, on which ``EventSource``
+        gives up for good.
+        """
         cfg = self._state().config
-        if cfg.max_connections is None or len(open_streams()) < cfg.max_connections:
+        if cfg.max_connections is None or admitted_streams() < cfg.max_connections:
             return None
-        response = jsonify(error="too many open streams, retry later")
-        response.status_code = 503
-        response.headers["Retry-After"] = str(max(1, (cfg.retry or 1000) // 1000))
-        return response
+        return come_back_later("full", cfg.retry, "too many open streams, retrying later")
 
     def stats(self) -> Stats:
         """Counters for monitoring, of the current process and application.

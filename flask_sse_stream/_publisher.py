@@ -36,7 +36,7 @@ from ._broker._cluster_wire import (
     Topology,
     cluster_settings,
 )
-from ._broker._local import base36, check_sizes
+from ._broker._local import base36, check_sizes, check_ttl
 from ._broker._policy import check_key
 from ._broker._redis_wire import (
     Keys,
@@ -83,6 +83,9 @@ class Publisher:
     :param key_prefix: the web app's key prefix.
     :param history_size: the web app's ``SSE_HISTORY_SIZE``: how many events
         each channel's stream keeps for replay.
+    :param history_ttl: the web app's ``SSE_HISTORY_TTL``: seconds a channel's
+        history is kept once it has no publish and no subscriber; ``None``:
+        for ever.
     :param json_dumps: turns data that is not a ``str`` into JSON text. The
         default encodes as a Flask app with the default JSON provider does;
         pass your app's ``app.json.dumps`` if you changed it.
@@ -99,11 +102,14 @@ class Publisher:
         *,
         key_prefix: str = "sse:",
         history_size: int = 1000,
+        history_ttl: float | None = 3600,
         json_dumps: JSONDumps = flask_json_dumps,
         timeout: float = 5.0,
         max_connections: int = 10,
     ) -> None:
         check_sizes(history_size, 1)
+        # A Redis Cluster keeps histories without expiry for now (CHANGES.md).
+        ttl = check_ttl(history_ttl)
         self._dumps = json_dumps
         self._prefix = key_prefix
         self._cluster: ClusterStore | None = None
@@ -127,7 +133,12 @@ class Publisher:
         )
         self._node = _NodePool(self._pool, self._where)
         self._store = Store(
-            self._node.execute, keys, history_size, replicas=replicas_to_wait(url), timeout=timeout
+            self._node.execute,
+            keys,
+            history_size,
+            ttl,
+            replicas=replicas_to_wait(url),
+            timeout=timeout,
         )
 
     def __repr__(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import signal
 import socket
 import sys
@@ -10,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import gevent
-from gevent import monkey
+from gevent import Timeout, monkey
 from gevent.event import Event as Flag
 from gevent.pool import Pool
 from gevent.pywsgi import WSGIHandler, WSGIServer
@@ -32,11 +33,31 @@ class TransportHandler(WSGIHandler):
     response watch its client and see a disconnect at once. The transport
     learns only what this handler decides and does: whether it chunks the
     response, and how many body bytes it has written.
+
+    It also fixes what pywsgi's own handler gets wrong for long responses,
+    through its overridable methods only:
+
+    * an HTTP/1.0 client that asks for ``Connection: keep-alive`` gets
+      ``Connection: close`` with a body that has no length (the close is its
+      end), as gunicorn's ``-k gevent`` answers, instead of a kept-alive
+      connection whose body never ends;
+    * a ``HEAD`` response carries no body, not even a chunked body's end;
+    * a request line and its headers must arrive within
+      :attr:`request_timeout` seconds (also how long a kept-alive
+      connection may wait for its next request): a client that sends a
+      request byte by byte, or never finishes it, no longer holds a
+      connection forever;
+    * a request with too many headers is answered 400 without a traceback
+      in the log.
     """
 
     # Slots, not the instance dict: three more keys made pywsgi's handler
     # dict grow to its next size, 1.4 KiB more per connection (tracemalloc).
-    __slots__ = ("_sse_protocol", "_sse_transport", "client_socket")
+    __slots__ = ("_sse_deadline", "_sse_head", "_sse_protocol", "_sse_transport", "client_socket")
+
+    request_timeout: float | None = 10.0
+    """Seconds a client has to send a request line and its headers, counted
+    from when the handler starts waiting for it; ``None``: forever."""
 
     READ_BUFFER = 512
     """Bytes of the per-connection read buffer (pywsgi's default is 8 KiB).
@@ -55,10 +76,47 @@ class TransportHandler(WSGIHandler):
         """The connection's socket, as the server gave it to the handler."""
         self._sse_transport: Transport | None = None
         self._sse_protocol = ""
+        self._sse_head = False
+        self._sse_deadline = 0.0
+
+    def read_requestline(self) -> str:
+        timeout = self.request_timeout
+        if timeout is None:
+            return super().read_requestline()
+        self._sse_deadline = time.monotonic() + timeout
+        timer = Timeout(timeout)
+        timer.start()
+        try:
+            return super().read_requestline()
+        except Timeout as exc:
+            if exc is not timer:
+                raise
+            return ""  # as if the client had closed: the connection ends
+        finally:
+            timer.close()
+
+    def read_request(self, raw_requestline: str) -> Any:
+        timer: Timeout | None = None
+        if self.request_timeout is not None:
+            remaining = self._sse_deadline - time.monotonic()
+            if remaining <= 0:
+                raise ValueError("the request's headers took too long")
+            timer = Timeout(remaining, ValueError("the request's headers took too long"))
+            timer.start()
+        try:
+            return super().read_request(raw_requestline)
+        except http.client.HTTPException as exc:
+            # e.g. "got more than 100 headers": the client's error, which
+            # pywsgi logs in one line when it is a ValueError.
+            raise ValueError(str(exc) or type(exc).__name__) from None
+        finally:
+            if timer is not None:
+                timer.close()
 
     def get_environ(self) -> dict[str, Any]:
         environ: dict[str, Any] = super().get_environ()
         self._sse_protocol = environ.get("SERVER_PROTOCOL", "")
+        self._sse_head = environ.get("REQUEST_METHOD") == "HEAD"
         transport = self._sse_transport = Transport(self.client_socket)
         environ[ENVIRON_KEY] = transport
         environ[SOCKET_KEY] = self.client_socket
@@ -67,24 +125,59 @@ class TransportHandler(WSGIHandler):
     def start_response(
         self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
     ) -> Callable[[bytes], None]:
+        code = int(status.split(" ", 1)[0])
+        names = {name.lower() for name, _ in headers}
+        has_body = not self._sse_head and code not in (101, 204, 304)
+        if (
+            has_body
+            and self._sse_protocol != "HTTP/1.1"
+            and not names & {"content-length", "connection"}
+        ):
+            # A body with no length is delimited by the close (RFC 9112
+            # section 6.3): pywsgi would answer "keep-alive" to an HTTP/1.0
+            # client that asks for it, and the body would never end.
+            headers = [*headers, ("Connection", "close")]
         write: Callable[[bytes], None] = super().start_response(status, headers, exc_info)
         transport = self._sse_transport
         if transport is not None:
             # pywsgi chunks an HTTP/1.1 response that has a body and no
             # Content-Length; an HTTP/1.0 one is delimited by the close.
-            code = int(status.split(" ", 1)[0])
             transport.response_started(
                 chunked=self._sse_protocol == "HTTP/1.1"
-                and code not in (101, 204, 304)
-                and not any(name.lower() == "content-length" for name, _ in headers)
+                and has_body
+                and "content-length" not in names
             )
         return write
 
+    def finalize_headers(self) -> None:
+        super().finalize_headers()
+        if self._sse_head and self.response_use_chunked:
+            # A HEAD response has no body: no chunks, and no chunked body's
+            # end after the headers, which the client would read as the
+            # start of the next response.
+            self.response_use_chunked = False
+            headers: list[tuple[Any, Any]] = list(self.response_headers or ())
+            self.response_headers = [
+                (name, value) for name, value in headers if name.lower() != b"transfer-encoding"
+            ]
+
     def write(self, data: bytes) -> None:
+        if self._sse_head:
+            data = b""  # the headers only
         super().write(data)
         transport = self._sse_transport
         if transport is not None:
             transport.body_written(len(data))
+
+    def handle_error(self, t: Any, v: Any, tb: Any) -> None:
+        transport = self._sse_transport
+        if transport is not None and transport.closing and issubclass(t, OSError):
+            # The stream dropped its client (gone, or a write that took
+            # longer than SSE_WRITE_TIMEOUT, ended by shutting the socket
+            # down): the write that failed is not the server's error.
+            self.close_connection = True
+            return
+        super().handle_error(t, v, tb)
 
     def handle_one_response(self) -> None:
         try:
@@ -92,6 +185,8 @@ class TransportHandler(WSGIHandler):
         finally:
             transport, self._sse_transport = self._sse_transport, None
             if transport is not None:
+                if transport.closing:
+                    self.close_connection = True
                 transport.release()
 
 
@@ -142,6 +237,7 @@ def serve(
     *,
     drain_timeout: float = 5.0,
     drain_retry: int = 1000,
+    request_timeout: float | None = 10.0,
     access_log: bool = True,
     on_ready: Callable[[str, int], None] | None = None,
 ) -> None:
@@ -152,6 +248,11 @@ def serve(
     (``drain_retry`` milliseconds plus up to as much again at random, so
     clients do not all come back at once), then waits up to
     ``drain_timeout`` seconds for responses to finish before it cuts them.
+    Then it closes the brokers the app's :class:`~flask_sse_stream.SSE` made.
+
+    A client has ``request_timeout`` seconds to send a request line and its
+    headers (``None``: for ever); it is also how long an idle kept-alive
+    connection waits for its next request.
 
     The process must be patched by gevent first: run the app with
     ``flask-sse-stream serve module:app``, or call
@@ -168,10 +269,15 @@ def serve(
             "`from gevent import monkey; monkey.patch_all()` before importing anything else."
         )
     pool = Pool()  # unbounded; a pool lets shutdown wait for the handlers
+
+    class Handler(SSEHandler):
+        __slots__ = ()
+
+    Handler.request_timeout = request_timeout
     server = _DrainingServer(
         (host, port),
         app,
-        handler_class=SSEHandler,
+        handler_class=Handler,
         spawn=pool,
         log=sys.stderr if access_log else None,
     )
@@ -186,6 +292,9 @@ def serve(
         for handler in handlers:
             handler.cancel()
         _drain(server, pool, drain_retry, drain_timeout)
+        from ._extension import close_brokers  # Flask: not before the patching
+
+        close_brokers()
 
 
 def _drain(server: _DrainingServer, pool: Pool, retry: int, timeout: float) -> None:

@@ -39,6 +39,7 @@ import random
 import socket
 import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol, TypeVar
@@ -65,15 +66,31 @@ from ._event import Event
 from ._feeds import Feed, GreenletFeed, InlineFeed, SubscriptionFeed
 from ._transport import Transport
 
-__all__ = ["HEARTBEAT", "CloseReason", "EventStream", "drain", "heartbeats", "open_streams"]
+__all__ = [
+    "HEARTBEAT",
+    "CloseReason",
+    "EventStream",
+    "admitted_streams",
+    "drain",
+    "heartbeats",
+    "open_streams",
+]
 
 heartbeats: Counter[str] = Counter()
 """Heartbeats sent by this process's streams: ``"direct"``, by the heartbeat
 loop beside the server, and ``"handler"``, through the server."""
 
 _open: set[EventStream] = set()
+# Streams made and not yet closed, started or not: what a connection limit
+# counts, so a burst of requests cannot all pass the check before the first
+# of them starts. Weak: a response that is never served nor closed drops out.
+_admitted: weakref.WeakSet[EventStream] = weakref.WeakSet()
 
 OnClose = Callable[[CloseReason], None]
+
+# After these the connection carries no next request: what the client sent
+# meanwhile (a stray CRLF) is not one.
+_NO_NEXT_REQUEST = frozenset({CloseReason.DISCONNECT, CloseReason.WRITE_FAILED, CloseReason.DRAIN})
 T = TypeVar("T")
 
 
@@ -90,6 +107,15 @@ class StreamContext(Protocol):
 def open_streams() -> frozenset[EventStream]:
     """Return the streams of this process that are being served right now."""
     return frozenset(_open)
+
+
+def admitted_streams() -> int:
+    """How many streams of this process were made and are not closed yet.
+
+    Counts a stream from the moment its response is made, before the
+    server starts it.
+    """
+    return len(_admitted)
 
 
 def drain(retry: int = 1000, jitter: float = 1.0) -> int:
@@ -221,6 +247,7 @@ class EventStream:
         self.last_write = 0.0
         self.writing_since = 0.0
         """When the server was handed the chunk it is writing now, or 0."""
+        _admitted.add(self)
 
     @property
     def core(self) -> StreamCore:
@@ -481,6 +508,7 @@ class EventStream:
     def close(self) -> None:
         """Release everything; the server calls this when the response ends."""
         core = self._core
+        _admitted.discard(self)
         if core.state is NEW:
             core.peer_closed()
             try:
@@ -505,6 +533,8 @@ class EventStream:
         if self._watch is not None:
             self._watch.stop()
             self._watch = None
+        if self._transport is not None and core.reason in _NO_NEXT_REQUEST:
+            self._transport.close_after_response()
         if core.reason is CloseReason.DRAIN:
             # The server is stopping: make it close this connection after the
             # response, or the browser reconnects on the same kept-alive

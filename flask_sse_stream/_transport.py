@@ -39,7 +39,7 @@ class Transport:
     Made by the handler, in the handler's greenlet, once per request.
     """
 
-    __slots__ = ("_chunked", "_fd", "_greenlet", "_written", "socket")
+    __slots__ = ("_chunked", "_fd", "_greenlet", "_written", "closing", "socket")
 
     def __init__(self, sock: GeventSocket) -> None:
         self.socket = sock
@@ -48,6 +48,8 @@ class Transport:
         self._chunked = False
         self._written = 0
         self._fd = -1
+        self.closing = False
+        """Whether the connection must close after this response (the stream says so)."""
 
     # The handler's side.
 
@@ -108,6 +110,15 @@ class Transport:
         :raises OSError: if the connection is broken.
         """
         self.socket.sendall(data)
+
+    def close_after_response(self) -> None:
+        """Ask the handler to close the connection after this response.
+
+        For a stream that ended because its client went away, its write
+        failed or the server drains: bytes the client sent meanwhile (a
+        stray CRLF) must not be read as a next request.
+        """
+        self.closing = True
 
     def interrupt(self) -> None:
         """Raise :class:`Interrupted` in the handler greenlet, which waits in a producer.

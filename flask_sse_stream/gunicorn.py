@@ -55,8 +55,23 @@ class GeventWorker(GeventPyWSGIWorker):  # type: ignore[misc]
     wsgi_handler = Handler
 
     def run(self) -> None:
+        # gunicorn's own gevent worker gives every request line and its
+        # headers `keepalive` seconds; ours does the same (a slow client
+        # that never finishes its request no longer holds a connection).
+        timeout = float(self.cfg.keepalive) or Handler.request_timeout
+
+        class TimedHandler(Handler):
+            __slots__ = ()
+            request_timeout = timeout
+
+        self.wsgi_handler = TimedHandler
         gevent.spawn(drain_when_stopping, self)
-        super().run()
+        try:
+            super().run()
+        finally:
+            from ._extension import close_brokers  # Flask: not before the patching
+
+            close_brokers()
 
 
 def drain_when_stopping(worker: Any) -> None:

@@ -126,13 +126,17 @@ class RedisServer:
                 raise RuntimeError(f"redis-server did not answer on port {self.port}")
             time.sleep(0.02)  # polling a condition with a deadline, not synchronising
 
-    def stop(self, timeout: float = 10) -> None:
-        """Shut the server down (``SHUTDOWN NOSAVE``: every key is lost) and wait for it."""
+    def stop(self, timeout: float = 10, *, save: bool = False) -> None:
+        """Shut the server down and wait for it.
+
+        ``SHUTDOWN NOSAVE``: every key is lost; with ``save``, ``SHUTDOWN SAVE``:
+        the next :meth:`start` loads them back (an outage, not a loss).
+        """
         if not self.running:
             return
         try:
             with self.client(timeout=2) as client:
-                client.shutdown(nosave=True)
+                client.shutdown(save=save, nosave=not save)
         except redis.RedisError:
             pass
         assert self.process is not None

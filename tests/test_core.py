@@ -165,6 +165,8 @@ ROWS: list[tuple[str, Input, State]] = [
     ("closed", In.DRAIN, S.CLOSED),
     ("closed", In.PEER_CLOSED, S.CLOSED),
     ("closed", In.WRITE_FAILED, S.CLOSED),
+    ("closed", In.RAW_SENT, S.CLOSED),
+    ("closed", In.RAW_SENT_QUEUED, S.CLOSED),
 ]
 del S, In
 

@@ -633,3 +633,18 @@ def test_an_app_context_stream_without_a_request_sees_the_apps_g(app: Flask) -> 
     assert contexts.run(lambda: list(produce())) == [b"7"]
     contexts.end(None)
     assert not has_app_context()
+
+
+def test_close_brokers_closes_every_broker_made_for_an_app() -> None:
+    """Issue 11, item 10: our runner and worker call it when they stop."""
+    from flask_sse_stream._extension import close_brokers
+
+    apps = [Flask(f"app{n}") for n in range(2)]
+    brokers = []
+    for app in apps:
+        extension = SSE(app)
+        with app.app_context():
+            brokers.append(extension.broker)
+    assert close_brokers() >= 2
+    assert all(broker.closed for broker in brokers)  # type: ignore[attr-defined]
+    assert close_brokers() == 0

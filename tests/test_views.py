@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import gevent
@@ -163,19 +164,59 @@ def test_a_refused_channel_gets_403_naming_it(app: Flask, sse: SSE) -> None:
         allowed.close()
 
 
-def test_past_max_connections_new_streams_get_503_with_retry_after(
+def _unavailable(response: TestResponse) -> tuple[int, dict[str, object]]:
+    """The retry and the ``sse-unavailable`` event's data of a come-back-later answer."""
+    assert response.status_code == 200
+    assert response.mimetype == "text/event-stream"
+    assert b"\nid" not in b"\n" + response.get_data()  # the browser keeps its Last-Event-ID
+    (event,) = iter_events(response)
+    assert event.event == "sse-unavailable"
+    assert event.retry is not None
+    return event.retry, json.loads(event.data)
+
+
+def test_past_max_connections_new_streams_are_told_to_come_back_later(
     app: Flask, opened: list[TestResponse]
 ) -> None:
-    app.config["SSE_MAX_CONNECTIONS"] = 1
+    """Issue 11, item 3: a 200 stream with a jittered retry: and a reason, never a 503."""
+    app.config.update(SSE_MAX_CONNECTIONS=1, SSE_RETRY=2000)
     sse = SSE(app)
     app.register_blueprint(sse.blueprint, url_prefix="/events")
     client = app.test_client()
     first = client.get("/events?channel=a", buffered=False)
     opened.append(first)
     next(iter(first.response))  # the stream is open once it has started
-    refused = client.get("/events?channel=a")
-    assert refused.status_code == 503
-    assert int(refused.headers["Retry-After"]) >= 1
+    retries = set()
+    for _ in range(20):
+        refused = client.get("/events?channel=a")
+        retry, data = _unavailable(refused)
+        assert 2000 <= retry < 4000
+        assert data["reason"] == "full"
+        assert data["retry"] == retry
+        assert int(refused.headers["Retry-After"]) >= 2
+        retries.add(retry)
+    assert len(retries) > 1, "the retry is not jittered"
+
+
+def test_max_connections_counts_streams_before_they_start(
+    app: Flask, opened: list[TestResponse]
+) -> None:
+    """Item 10: a burst of requests, none started yet, cannot overshoot the limit."""
+    app.config["SSE_MAX_CONNECTIONS"] = 3
+    sse = SSE(app)
+    app.register_blueprint(sse.blueprint, url_prefix="/events")
+    client = app.test_client()
+    burst = [client.get("/events?channel=a", buffered=False) for _ in range(5)]
+    opened.extend(burst)
+    assert [r.status_code for r in burst] == [200] * 5
+    # A refusal is a finished body, with a length; a stream has none.
+    refused = ["Content-Length" in r.headers for r in burst]
+    assert refused == [False, False, False, True, True]
+    assert _unavailable(burst[3])[1]["reason"] == "full"
+    burst[0].close()
+    again = client.get("/events?channel=a", buffered=False)
+    opened.append(again)
+    assert "Content-Length" not in again.headers  # a slot was freed: a real stream
 
 
 def test_cors_allows_listed_origins_with_credentials(app: Flask) -> None:

@@ -57,6 +57,7 @@ __all__ = [
     "check_publish",
     "check_sizes",
     "check_subscribe",
+    "check_ttl",
     "parse_id",
     "seq_of",
 ]
@@ -119,6 +120,19 @@ def check_subscribe(channels: Sequence[str], last_id: str | None) -> tuple[str, 
     if last_id is not None and not isinstance(last_id, str):
         raise TypeError(f"last_id is a str or None, not {type(last_id).__name__}")
     return names
+
+
+def check_ttl(history_ttl: float | None) -> float | None:
+    """Check a history TTL in seconds; ``0`` and ``None`` mean "never expires"."""
+    if history_ttl is None or history_ttl == 0:
+        return None
+    if (
+        isinstance(history_ttl, bool)
+        or not isinstance(history_ttl, int | float)
+        or not history_ttl > 0
+    ):
+        raise ValueError(f"history_ttl must be seconds > 0 or None, got {history_ttl!r}")
+    return float(history_ttl)
 
 
 def check_sizes(history_size: int, queue_size: int) -> None:

@@ -6,10 +6,22 @@ What lives in Redis, under ``key_prefix`` (``sse:`` by default):
   counter that numbers the events of every channel;
 * ``sse:stream:<channel>``, a stream per channel: the history, one entry per
   event with the stream id ``<n>-0``, trimmed with ``MAXLEN ~ history_size``;
-* ``sse:meta``, a hash: per channel, ``"<epoch> <n>"``, where everything of
-  that channel up to ``n`` has been trimmed away;
+* ``sse:meta:<channel>``, a string per channel: ``"<epoch> <n>"``, where
+  everything of that channel up to ``n`` has been trimmed away (or may have
+  expired with an earlier history of the channel);
+* ``sse:marks``, a list of ``"<ms> <n>"``: the counter as it was at a few
+  moments (Redis's clock) over the last two ``history_ttl``, newest first;
 * pub/sub channel ``sse:<channel>`` carries each event as it is published,
   as ``"<epoch> <n> <event>"``.
+
+With a ``history_ttl``, a channel's two keys expire once it has had no
+publish and no subscriber for that long: each publish sets their expiry
+to ``history_ttl + history_ttl / 4`` from now, and each process with
+subscribers of the channel (or whose last subscriber of it just left) sets
+it again every ``history_ttl / 4``. A client that comes back with an id
+older than the counter was ``history_ttl`` ago (the marks say) and finds
+no history for a channel gets the reset event: what it missed may have
+expired.
 
 One Lua script publishes: it takes the next ``n``, adds the event to the
 channel's stream and publishes it, atomically and in one round trip. Event
@@ -69,9 +81,13 @@ Then = Callable[[list[Any]], Sequence[tuple[Any, ...]]]
 Execute = Callable[[Sequence[tuple[Any, ...]], Then | None], list[Any]]
 """Sends commands on a connection and returns their replies, as :func:`pipeline` does."""
 
-# The publishing script. Keys: the state hash, the meta hash, the channel's
-# stream. Arguments: an epoch to adopt if there is none yet, the history
-# size, the channel name, the pub/sub channel, the encoded event.
+MARKS: Final = 8
+"""How many marks ``sse:marks`` keeps: one per ``history_ttl / 4``, two TTLs' worth."""
+
+# The publishing script. Keys: the state hash, the channel's meta, the
+# channel's stream, the marks. Arguments: an epoch to adopt if there is none
+# yet, the history size, the history TTL in ms (0: none), the pub/sub
+# channel, the encoded event.
 _PUBLISH_SCRIPT: Final = """
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
@@ -81,12 +97,24 @@ end
 local n = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 local ns = string.format('%d', n)
 local size = tonumber(ARGV[2])
+local ttl = tonumber(ARGV[3])
 local mine = epoch .. ' '
-local meta = redis.call('HGET', KEYS[2], ARGV[3])
+local meta = redis.call('GET', KEYS[2])
 if not meta or string.sub(meta, 1, #mine) ~= mine then
-  -- the channel's first event of this epoch: what its stream holds is older
+  -- the channel's first event of this epoch, or since its history expired:
+  -- what its stream holds is older, and what it held may have expired
+  local lost = 0
+  if ttl > 0 then
+    local now = redis.call('TIME')
+    local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+    lost = n - 1
+    for _, mark in ipairs(redis.call('LRANGE', KEYS[4], 0, -1)) do
+      local t, m = string.match(mark, '^(%d+) (%d+)$')
+      if tonumber(t) >= ms - ttl then lost = math.min(lost, tonumber(m)) end
+    end
+  end
   redis.call('DEL', KEYS[3])
-  redis.call('HSET', KEYS[2], ARGV[3], mine .. '0')
+  redis.call('SET', KEYS[2], mine .. string.format('%d', lost))
 end
 if size > 0 then
   local before = redis.call('XLEN', KEYS[3])
@@ -95,10 +123,23 @@ if size > 0 then
     -- trimmed: everything before the first entry left is gone
     local first = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', 1)[1][1]
     local kept = tonumber(string.match(first, '^(%d+)'))
-    redis.call('HSET', KEYS[2], ARGV[3], mine .. string.format('%d', kept - 1))
+    redis.call('SET', KEYS[2], mine .. string.format('%d', kept - 1))
   end
 else
-  redis.call('HSET', KEYS[2], ARGV[3], mine .. ns)
+  redis.call('SET', KEYS[2], mine .. ns)
+end
+if ttl > 0 then
+  local keep = ttl + math.floor(ttl / 4)
+  redis.call('PEXPIRE', KEYS[2], keep)
+  redis.call('PEXPIRE', KEYS[3], keep)
+  local now = redis.call('TIME')
+  local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  local newest = redis.call('LINDEX', KEYS[4], 0)
+  local t = newest and tonumber(string.match(newest, '^(%d+)')) or 0
+  if ms - t >= ttl / 4 then
+    redis.call('LPUSH', KEYS[4], string.format('%d %d', ms, n - 1))
+    redis.call('LTRIM', KEYS[4], 0, 7)  -- MARKS
+  end
 end
 redis.call('PUBLISH', ARGV[4], mine .. ns .. ' ' .. ARGV[5])
 return {epoch, n}
@@ -118,18 +159,22 @@ return seq
 class Keys:
     """The names of a broker's keys and pub/sub channels under ``prefix``."""
 
-    __slots__ = ("meta", "prefix", "state", "stream_prefix")
+    __slots__ = ("marks", "meta_prefix", "prefix", "state", "stream_prefix")
 
     def __init__(self, prefix: str) -> None:
         if not isinstance(prefix, str):
             raise TypeError(f"key_prefix is a str, not {type(prefix).__name__}")
         self.prefix = prefix
         self.state = f"{prefix}state"
-        self.meta = f"{prefix}meta"
+        self.marks = f"{prefix}marks"
+        self.meta_prefix = f"{prefix}meta:"
         self.stream_prefix = f"{prefix}stream:"
 
     def stream(self, channel: str) -> str:
         return self.stream_prefix + channel
+
+    def meta(self, channel: str) -> str:
+        return self.meta_prefix + channel
 
     def pubsub(self, channel: str) -> str:
         return self.prefix + channel
@@ -438,13 +483,16 @@ class Snapshot:
     seq: int
     metas: list[bytes | None]
     entries: list[list[tuple[int, bytes]]]
+    expired: int = 0
+    """Events up to this one may have expired with a history (see the marks)."""
 
     def tail(self, index: int, after: int, history_size: int) -> list[tuple[int, bytes]] | None:
         """Channel ``index``'s events after ``after``; ``None`` if the history lost some."""
         mine = self.epoch.encode() + b" "
         meta = self.metas[index]
         if meta is None or not meta.startswith(mine):
-            return []  # nothing published on it in this epoch
+            # Nothing published on it in this epoch, or its history expired.
+            return None if self.expired > after else []
         trimmed = int(meta[len(mine) :])
         entries = self.entries[index]
         # More than history_size after it: the oldest of them are beyond
@@ -463,13 +511,14 @@ class Store:
     event (see :class:`ReplicaWait`), and fails if they do not.
     """
 
-    __slots__ = ("_candidate", "_execute", "_wait", "history_size", "keys")
+    __slots__ = ("_candidate", "_execute", "_wait", "history_size", "history_ttl_ms", "keys")
 
     def __init__(
         self,
         execute: Execute,
         keys: Keys,
         history_size: int,
+        history_ttl: float | None = None,
         *,
         replicas: int = 0,
         timeout: float = 5.0,
@@ -477,6 +526,7 @@ class Store:
         self._execute = execute
         self.keys = keys
         self.history_size = history_size
+        self.history_ttl_ms = 0 if history_ttl is None else max(1, round(history_ttl * 1000))
         self._wait = ReplicaWait(replicas, timeout)
         self._candidate = new_epoch()
 
@@ -488,13 +538,14 @@ class Store:
         keys = self.keys
         candidate = self._candidate
         args = (
-            3,
+            4,
             keys.state,
-            keys.meta,
+            keys.meta(channel),
             keys.stream(channel),
+            keys.marks,
             candidate,
             self.history_size,
-            channel,
+            self.history_ttl_ms,
             keys.pubsub(channel),
             blob,
         )
@@ -524,8 +575,11 @@ class Store:
         if isinstance(reply, ResponseError):
             raise BrokerUnavailableError(f"Redis refused to move the counter on: {reply}")
 
-    def snapshot(self, channels: Sequence[str], after: int) -> Snapshot:
+    def snapshot(self, channels: Sequence[str], after: int, *, returning: bool = False) -> Snapshot:
         """Read the position and ``channels``' streams after ``after``, atomically.
+
+        ``returning``: for a client that comes back with ``after``; with a
+        TTL, its missing histories may have expired (:attr:`Snapshot.expired`).
 
         :raises BrokerUnavailableError: if Redis refuses to.
         """
@@ -537,8 +591,12 @@ class Store:
             ("HSETNX", keys.state, "seq", 0),
             ("HMGET", keys.state, "epoch", "seq"),
         ]
+        marks = bool(channels and returning and self.history_ttl_ms)
         if channels:
-            commands.append(("HMGET", keys.meta, *channels))
+            commands.append(("MGET", *(keys.meta(name) for name in channels)))
+            if marks:
+                commands.append(("LRANGE", keys.marks, 0, -1))
+                commands.append(("TIME",))
             start = f"{after + 1}-0"
             count = self.history_size + 1
             commands.extend(
@@ -556,8 +614,37 @@ class Store:
         if adopted:
             self._candidate = new_epoch()
         metas: list[bytes | None] = rest[0] if channels else []
+        expired = 0
+        if marks:
+            (seconds, micros) = rest[2]
+            now = int(seconds) * 1000 + int(micros) // 1000
+            # The counter at the oldest mark of the last TTL: anything of an
+            # expired history is older. No mark that recent: the counter now.
+            expired = int(seq)
+            for mark in rest[1]:
+                at, n = mark.split(b" ")
+                if int(at) >= now - self.history_ttl_ms:
+                    expired = min(expired, int(n))
         entries = [
             [(int(entry_id.split(b"-", 1)[0]), fields[1]) for entry_id, fields in stream]
-            for stream in rest[1:]
+            for stream in rest[(3 if marks else 1) :]
         ]
-        return Snapshot(epoch.decode(), int(seq), metas, entries)
+        return Snapshot(epoch.decode(), int(seq), metas, entries, expired)
+
+    def keep(self, channels: Sequence[str]) -> None:
+        """Set the expiry of ``channels``' history to ``history_ttl * 5/4`` from now.
+
+        Called for channels that have subscribers, and for those whose last
+        subscriber just left; a no-op without a TTL, and for a channel that
+        has no history.
+        """
+        ttl = self.history_ttl_ms
+        if not ttl or not channels:
+            return
+        keep = ttl + ttl // 4
+        keys = self.keys
+        commands: list[tuple[Any, ...]] = []
+        for name in channels:
+            commands.append(("PEXPIRE", keys.meta(name), keep))
+            commands.append(("PEXPIRE", keys.stream(name), keep))
+        self._execute(commands, None)

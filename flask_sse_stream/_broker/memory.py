@@ -14,6 +14,13 @@ How it is built, and why:
   it, and a subscribe computes its replay and registers the subscriber
   inside it, so the hand-over from replay to live has no gap and no
   duplicate, and every subscriber sees events in id order.
+* A channel's history expires once it has had no subscriber and no publish
+  for ``history_ttl`` seconds. Histories are kept in the order they were
+  last touched, so the sweep (at most every ``history_ttl / 4`` seconds, in
+  a publish, a subscribe or :meth:`~MemoryBroker.stats`) looks only at
+  the oldest. A client whose last id is older than the newest event of an
+  expired history, and whose channels have no history newer than that,
+  gets the reset event: what it missed may have expired.
 * Ids are ``<epoch>-<n>``: ``epoch`` is random per broker, so an id from an
   earlier process is unknown here; ``n`` is one sequence for all channels,
   in base 36. Replay from ``n`` takes, for each requested channel, the tail
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import heapq
 import secrets
+import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
@@ -36,6 +44,7 @@ from ._local import (
     check_publish,
     check_sizes,
     check_subscribe,
+    check_ttl,
     parse_id,
     seq_of,
 )
@@ -47,13 +56,16 @@ __all__ = ["MemoryBroker", "MemorySubscription"]
 
 
 class _History:
-    __slots__ = ("entries", "evicted")
+    __slots__ = ("entries", "evicted", "touched")
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, evicted: int, now: float) -> None:
         # (n, event, key)
         self.entries: deque[tuple[int, Event, str | None]] = deque(maxlen=size)
-        self.evicted = 0
-        """The sequence number of the newest event that fell out."""
+        self.evicted = evicted
+        """The sequence number of the newest event that fell out (or may have
+        expired with an earlier history of the channel)."""
+        self.touched = now
+        """When it last had a publish, or lost its last subscriber."""
 
 
 class MemoryBroker(LocalFanOut):
@@ -66,27 +78,37 @@ class MemoryBroker(LocalFanOut):
         is dropped as slow (``SSE_QUEUE_SIZE``), or before its policy drops
         or conflates events. The replay a subscription starts with does not
         count.
+    :param history_ttl: seconds a channel's history is kept once it has no
+        subscriber and no publish (``SSE_HISTORY_TTL``); ``None``: for the
+        broker's lifetime.
     :param slow_consumer: the slow-consumer policy of every channel (a
         ``str``), or of channels by name or pattern (``SSE_SLOW_CONSUMER``,
         see :class:`~flask_sse_stream._broker._policy.Policies`).
 
-    A channel's history lives as long as the broker (it is bounded by
-    ``history_size``); its subscriber set only as long as it has subscribers.
+    A channel's history is bounded by ``history_size`` and expires
+    ``history_ttl`` seconds after its last publish or last subscriber; its
+    subscriber set lives only as long as it has subscribers.
     """
 
     def __init__(
         self,
         history_size: int = 1000,
         queue_size: int = 1000,
+        history_ttl: float | None = None,
         *,
         slow_consumer: str | Mapping[str, str] | None = None,
     ) -> None:
         check_sizes(history_size, queue_size)
         super().__init__(queue_size, Policies(slow_consumer))
         self._history_size = history_size
+        self._history_ttl = check_ttl(history_ttl)
         self._epoch = base36(secrets.randbits(40))
         self._seq = 0
+        # In the order last touched (a dict keeps insertion order; a touch
+        # moves the channel to the end).
         self._histories: dict[str, _History] = {}
+        self._expired = 0  # the newest sequence number that expired with a history
+        self._next_sweep = 0.0
 
     @property
     def history_size(self) -> int:
@@ -113,9 +135,16 @@ class MemoryBroker(LocalFanOut):
             seq = self._seq = self._seq + 1
             if event.id is None:
                 event = Event(event.data, event.event, f"{self._epoch}-{base36(seq)}", event.retry)
-            history = self._histories.get(channel)
+            histories = self._histories
+            now = time.monotonic()
+            history = histories.pop(channel, None)
             if history is None:
-                history = self._histories[channel] = _History(self._history_size)
+                history = _History(self._history_size, self._expired, now)
+            else:
+                history.touched = now
+            histories[channel] = history  # the end: touched last
+            if self._history_ttl is not None and now >= self._next_sweep:
+                self._sweep(now)
             entries = history.entries
             if len(entries) == self._history_size:
                 history.evicted = entries[0][0] if entries else seq
@@ -140,6 +169,10 @@ class MemoryBroker(LocalFanOut):
                 raise BrokerClosedError("subscribe() on a closed broker")
             if self._orphans:
                 self._release_orphans(me)
+            if self._history_ttl is not None:
+                now = time.monotonic()
+                if now >= self._next_sweep:
+                    self._sweep(now)
             replay: list[Event] = []
             if last_id is not None:
                 tail = None if last_seq is None else self._tail(names, last_seq)
@@ -174,6 +207,8 @@ class MemoryBroker(LocalFanOut):
         for name in names:
             history = self._histories.get(name)
             if history is None:
+                if self._expired > last_seq:
+                    return None  # what it missed may have expired
                 continue
             if history.evicted > last_seq:
                 return None
@@ -202,9 +237,63 @@ class MemoryBroker(LocalFanOut):
             self._end_everyone(me)
             self._histories.clear()
 
+    # Expiry.
+
+    def _unregister(self, sub: Subscriber) -> None:
+        super()._unregister(sub)
+        if self._history_ttl is None:
+            return
+        now = time.monotonic()
+        histories = self._histories
+        for name in sub.channels:
+            if name not in self._subscribers:  # its last subscriber left
+                history = histories.pop(name, None)
+                if history is not None:
+                    history.touched = now
+                    histories[name] = history
+
+    def _sweep(self, now: float) -> None:
+        """Drop the histories untouched for ``history_ttl`` and unsubscribed; lock held."""
+        assert self._history_ttl is not None
+        self._next_sweep = now + self._history_ttl / 4
+        cutoff = now - self._history_ttl
+        histories = self._histories
+        subscribed = self._subscribers
+        # One pass from the oldest (next(iter()) again after each delete would
+        # walk the deleted slots again: quadratic).
+        due: list[str] = []
+        for name, history in histories.items():
+            if history.touched > cutoff:
+                break
+            due.append(name)
+        removed = 0
+        for name in due:
+            history = histories.pop(name)
+            if name in subscribed:
+                history.touched = now  # in use: its TTL starts when the last one leaves
+                histories[name] = history
+            else:
+                removed += 1
+                if history.entries:
+                    self._expired = max(self._expired, history.entries[-1][0])
+        if removed > 1024 and removed > len(histories):
+            # A dict never gives back its table: copy what is left into a new one.
+            self._histories = dict(histories)
+
+    def expire(self) -> None:
+        """Drop the histories that have expired now (the broker also does it as it goes)."""
+        if self._history_ttl is None:
+            return
+        with self._lock:
+            self._sweep(time.monotonic())
+
     def stats(self) -> BrokerStats:
         """Return a snapshot of the counters; see :class:`BrokerStats`."""
         with self._lock:
+            if self._history_ttl is not None:
+                now = time.monotonic()
+                if now >= self._next_sweep:
+                    self._sweep(now)
             return BrokerStats(
                 **self._local_stats(),
                 history=sum(len(h.entries) for h in self._histories.values()),

@@ -35,9 +35,15 @@ did not hold: no gap, no duplicate.
 The process must be monkey-patched by gevent (redis-py uses the standard
 ``socket`` module); the broker refuses to start otherwise.
 
-Redis should not evict these keys (``maxmemory-policy noeviction`` or a
-``volatile-*`` policy); every process and publisher sharing a
-``key_prefix`` should use the same ``history_size``.
+With a ``history_ttl`` a channel's keys expire once it has had no publish
+and no subscriber for that long (between 1.25 and 1.5 times it: each
+process sets the expiry of its subscribed channels again every quarter of
+it, see :mod:`~flask_sse_stream._broker._redis_wire`).
+
+Redis should not evict these keys (``maxmemory-policy noeviction``; a
+``volatile-*`` policy would evict the histories that have an expiry before
+their time); every process and publisher sharing a ``key_prefix`` should
+use the same ``history_size`` and ``history_ttl``.
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
+import gevent
 from gevent import monkey
 
 from .._errors import InvalidEventError
@@ -64,6 +71,7 @@ from ._local import (
     check_publish,
     check_sizes,
     check_subscribe,
+    check_ttl,
     parse_id,
     seq_of,
 )
@@ -154,6 +162,8 @@ class RedisBroker(LocalFanOut):
         process sharing the channels should use the same.
     :param key_prefix: prefix of every key and pub/sub channel, so that
         several apps can share one Redis.
+    :param history_ttl: seconds a channel's history is kept in Redis once it
+        has no publish and no subscriber (key expiry); ``None``: for ever.
     :param max_connections: connections for publishing and replays; the
         process also holds one pub/sub connection.
     :param timeout: seconds a command, a connection or a subscription's
@@ -176,6 +186,7 @@ class RedisBroker(LocalFanOut):
         history_size: int = 1000,
         queue_size: int = 1000,
         key_prefix: str = "sse:",
+        history_ttl: float | None = None,
         max_connections: int = 8,
         timeout: float = 5.0,
         max_backoff: float = 2.0,
@@ -184,6 +195,7 @@ class RedisBroker(LocalFanOut):
         slow_consumer: str | Mapping[str, str] | None = None,
     ) -> None:
         check_sizes(history_size, queue_size)
+        ttl = check_ttl(history_ttl)
         policies = Policies(slow_consumer)
         if isinstance(max_connections, bool) or not isinstance(max_connections, int):
             raise ValueError(f"max_connections must be a whole number, got {max_connections!r}")
@@ -212,9 +224,14 @@ class RedisBroker(LocalFanOut):
             self._pool.execute,
             self._keys,
             history_size,
+            ttl,
             replicas=replicas_to_wait(url),
             timeout=self._timeout,
         )
+        self._history_ttl = ttl
+        # Channels whose last local subscriber left since the keeper's last pass.
+        self._left: set[str] = set()
+        self._keeper: gevent.Greenlet[[], None] | None = None
         sub_cls, sub_kwargs = connection_factory(
             url,
             timeout=timeout,
@@ -312,6 +329,8 @@ class RedisBroker(LocalFanOut):
     def _subscribe(self, names: tuple[str, ...], last_id: str | None) -> RedisSubscription:
         link = self._link
         link.start()
+        if self._history_ttl is not None and self._keeper is None:
+            self._keeper = gevent.spawn(self._keep_histories)
         sub = self._new_subscriber(_RedisSubscriber(names))
         me = self._home.thread
         with self._lock:
@@ -353,7 +372,9 @@ class RedisBroker(LocalFanOut):
         names = sub.channels
         while True:
             after = parsed[1] if parsed is not None else 0
-            snapshot = self._store.snapshot(names if parsed is not None else (), after)
+            snapshot = self._store.snapshot(
+                names if parsed is not None else (), after, returning=True
+            )
             with self._lock:
                 if self._closed:
                     raise BrokerClosedError("subscribe() on a closed broker")
@@ -519,10 +540,28 @@ class RedisBroker(LocalFanOut):
         else:
             wake(sub, me)
 
+    def _keep_histories(self) -> None:
+        """In the home hub: keep the histories of subscribed channels from expiring."""
+        assert self._history_ttl is not None
+        period = self._history_ttl / 4
+        while not self._closed:
+            gevent.sleep(period)
+            with self._lock:
+                channels = self._subscribers.keys() | self._pending.keys() | self._left
+                self._left = set()
+            try:
+                self._store.keep(sorted(channels))
+            except BrokerUnavailableError as exc:
+                # The link logs the outage; the keys do not expire meanwhile
+                # unless Redis is up, and then the next pass sets them again.
+                log.debug("Could not renew the histories' expiry: %s", str(exc))
+
     # Ending.
 
     def _unregister(self, sub: Subscriber) -> None:
         super()._unregister(sub)
+        if self._history_ttl is not None:
+            self._left.update(sub.channels)
         pending = self._pending
         released = False
         for name in sub.channels:
@@ -558,6 +597,9 @@ class RedisBroker(LocalFanOut):
             self._finalize.clear()
         _brokers.discard(self)
         self._link.close()
+        keeper, self._keeper = self._keeper, None
+        if keeper is not None:
+            self._home.call(lambda: keeper.kill(block=False))
         self._home.call(self._pool.close)
         for kwargs in self._sentinel_kwargs:
             self._home.call(functools.partial(close_sentinels, kwargs))

@@ -99,18 +99,35 @@ class MakeBroker(Protocol):
     kind: str
 
     def __call__(
-        self, history_size: int = 1000, queue_size: int = 1000, slow_consumer: SlowConsumer = None
+        self,
+        history_size: int = 1000,
+        queue_size: int = 1000,
+        slow_consumer: SlowConsumer = None,
+        history_ttl: float | None = None,
     ) -> Broker: ...
 
 
 def _memory(
-    request: pytest.FixtureRequest, history_size: int, queue_size: int, slow: SlowConsumer
+    request: pytest.FixtureRequest,
+    history_size: int,
+    queue_size: int,
+    slow: SlowConsumer,
+    history_ttl: float | None,
 ) -> Broker:
-    return MemoryBroker(history_size=history_size, queue_size=queue_size, slow_consumer=slow)
+    return MemoryBroker(
+        history_size=history_size,
+        queue_size=queue_size,
+        history_ttl=history_ttl,
+        slow_consumer=slow,
+    )
 
 
 def _redis(
-    request: pytest.FixtureRequest, history_size: int, queue_size: int, slow: SlowConsumer
+    request: pytest.FixtureRequest,
+    history_size: int,
+    queue_size: int,
+    slow: SlowConsumer,
+    history_ttl: float | None,
 ) -> Broker:
     from flask_sse_stream._broker.redis import RedisBroker
 
@@ -119,13 +136,18 @@ def _redis(
         server.url,
         history_size=history_size,
         queue_size=queue_size,
+        history_ttl=history_ttl,
         key_prefix=f"test-{uuid.uuid4().hex[:12]}:",
         slow_consumer=slow,
     )
 
 
 def _sentinel(
-    request: pytest.FixtureRequest, history_size: int, queue_size: int, slow: SlowConsumer
+    request: pytest.FixtureRequest,
+    history_size: int,
+    queue_size: int,
+    slow: SlowConsumer,
+    history_ttl: float | None,
 ) -> Broker:
     from flask_sse_stream._broker.redis import RedisBroker
 
@@ -135,15 +157,22 @@ def _sentinel(
         history_size=history_size,
         queue_size=queue_size,
         key_prefix=f"test-{uuid.uuid4().hex[:12]}:",
+        history_ttl=history_ttl,
         slow_consumer=slow,
     )
 
 
 def _cluster(
-    request: pytest.FixtureRequest, history_size: int, queue_size: int, slow: SlowConsumer
+    request: pytest.FixtureRequest,
+    history_size: int,
+    queue_size: int,
+    slow: SlowConsumer,
+    history_ttl: float | None,
 ) -> Broker:
     from flask_sse_stream._broker.cluster import ClusterBroker
 
+    if history_ttl is not None:
+        pytest.skip("the cluster broker has no history TTL yet (CHANGES.md)")
     group: ClusterGroup = request.getfixturevalue("cluster_group")
     return ClusterBroker(
         group.url(),
@@ -154,7 +183,9 @@ def _cluster(
     )
 
 
-_FACTORIES: dict[str, Callable[[pytest.FixtureRequest, int, int, SlowConsumer], Broker]] = {
+_FACTORIES: dict[
+    str, Callable[[pytest.FixtureRequest, int, int, SlowConsumer, float | None], Broker]
+] = {
     "memory": _memory,
     "redis": _redis,
     "sentinel": _sentinel,
@@ -173,9 +204,12 @@ def make_broker(request: pytest.FixtureRequest) -> Iterator[MakeBroker]:
     made: list[Broker] = []
 
     def make(
-        history_size: int = 1000, queue_size: int = 1000, slow_consumer: SlowConsumer = None
+        history_size: int = 1000,
+        queue_size: int = 1000,
+        slow_consumer: SlowConsumer = None,
+        history_ttl: float | None = None,
     ) -> Broker:
-        broker = factory(request, history_size, queue_size, slow_consumer)
+        broker = factory(request, history_size, queue_size, slow_consumer, history_ttl)
         made.append(broker)
         return broker
 

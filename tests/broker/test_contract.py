@@ -300,6 +300,97 @@ def test_an_id_evicted_from_one_of_several_channels_gets_a_reset(make_broker: Ma
         assert_reset(take(both, 1)[0])
 
 
+TTL = 0.6
+"""A history TTL short enough to wait out in a test (Redis: expiry within 1.5 of it)."""
+
+
+def _gets_reset(broker: Broker, channels: list[str], last_id: str) -> bool:
+    """Whether coming back with ``last_id`` gets the reset (a subscriber renews the TTL)."""
+    with broker.subscribe(channels, last_id=last_id) as subscription:
+        if subscription.reset:
+            assert_reset(take(subscription, 1)[0])
+        return subscription.reset
+
+
+# Waiting the TTL out is the behaviour under test: these sleeps are its duration.
+KEPT, GONE = 0.7 * TTL, 1.7 * TTL
+
+
+def test_a_history_expires_after_its_ttl_and_its_ids_get_a_reset(make_broker: MakeBroker) -> None:
+    """Issue 11, item 9: no subscriber and no publish for the TTL: the history is gone."""
+    broker = make_broker(history_ttl=TTL)
+    first = broker.publish("user-1", Event("one"))
+    broker.publish("user-1", Event("two"))
+    assert first.id is not None
+    gevent.sleep(KEPT)
+    with broker.subscribe(["user-1"], last_id=first.id) as subscription:
+        assert not subscription.reset, "expired before its TTL"
+        assert datas(take(subscription, 1)) == ["two"]
+    gevent.sleep(GONE)
+    assert _gets_reset(broker, ["user-1"], first.id)
+
+
+def test_a_channel_with_a_subscriber_keeps_its_history_past_the_ttl(
+    make_broker: MakeBroker,
+) -> None:
+    broker = make_broker(history_ttl=TTL)
+    with broker.subscribe(["kept"]) as live:
+        first = broker.publish("kept", Event("one"))
+        broker.publish("kept", Event("two"))
+        assert datas(take(live, 2)) == ["one", "two"]
+        gevent.sleep(3 * TTL)
+        assert first.id is not None
+        with broker.subscribe(["kept"], last_id=first.id) as again:
+            assert not again.reset
+            assert datas(take(again, 1)) == ["two"]
+    # Its TTL starts when the last subscriber leaves.
+    gevent.sleep(KEPT)
+    assert not _gets_reset(broker, ["kept"], first.id)
+    gevent.sleep(GONE)
+    assert _gets_reset(broker, ["kept"], first.id)
+
+
+def test_a_publish_renews_the_ttl(make_broker: MakeBroker) -> None:
+    broker = make_broker(history_ttl=TTL)
+    first = broker.publish("busy", Event("0"))
+    deadline = time.monotonic() + 3 * TTL
+    while time.monotonic() < deadline:
+        gevent.sleep(TTL / 4)
+        broker.publish("busy", Event("more"))
+    assert first.id is not None
+    with broker.subscribe(["busy"], last_id=first.id) as subscription:
+        assert not subscription.reset
+
+
+def test_without_a_ttl_a_quiet_channel_is_kept(make_broker: MakeBroker) -> None:
+    broker = make_broker(history_ttl=None)
+    first = broker.publish("quiet", Event("one"))
+    broker.publish("quiet", Event("two"))
+    gevent.sleep(2 * TTL)
+    assert first.id is not None
+    with broker.subscribe(["quiet"], last_id=first.id) as subscription:
+        assert not subscription.reset
+        assert datas(take(subscription, 1)) == ["two"]
+
+
+def test_an_expired_channel_does_not_reset_a_recent_id_of_another(
+    make_broker: MakeBroker,
+) -> None:
+    """Expiry resets only those who may have missed something."""
+    broker = make_broker(history_ttl=TTL)
+    old_id = broker.publish("old", Event("gone soon")).id
+    broker.publish("old", Event("missed, and gone"))
+    assert old_id is not None
+    gevent.sleep(GONE)
+    assert _gets_reset(broker, ["old"], old_id)
+    recent = broker.publish("fresh", Event("one"))
+    broker.publish("fresh", Event("two"))
+    assert recent.id is not None
+    with broker.subscribe(["fresh", "never-published"], last_id=recent.id) as subscription:
+        assert not subscription.reset
+        assert datas(take(subscription, 1)) == ["two"]
+
+
 def test_an_id_from_another_broker_instance_gets_a_reset(make_broker: MakeBroker) -> None:
     broker, other = make_broker(), make_broker()
     for number in range(5):

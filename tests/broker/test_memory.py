@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import re
 import subprocess
 import sys
 import threading
+import tracemalloc
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -28,6 +30,9 @@ from flask_sse_stream._broker._wakeup import current_waker
 from .conftest import claims_everything, take, wait_until
 
 ID = re.compile(r"([0-9a-z]{1,8})-(0|[1-9a-z][0-9a-z]*)")
+
+# Channels the short-lived-channel test makes: 100,000 under `make soak`.
+CHANNELS = int(os.environ.get("SOAK_CHANNELS", "10000"))
 
 
 @pytest.fixture
@@ -394,3 +399,38 @@ def test_in_a_monkey_patched_process_a_pool_thread_and_a_greenlet_publish_togeth
     result = json.loads(completed.stdout.strip().splitlines()[-1])
     assert result == {"ok": True, "patched": True, "lock": result["lock"], "stats": 0}
     assert result["lock"] in ("_thread", "builtins")
+
+
+def test_many_short_lived_channels_leave_the_memory_at_baseline() -> None:
+    """Issue 11, item 9: per-user channels are forgotten once their TTL is over.
+
+    Before ``SSE_HISTORY_TTL`` each kept its history for the broker's
+    lifetime (1.4 KB a channel in a worker).
+    """
+    ttl = 2.0
+    broker = MemoryBroker(history_ttl=ttl)
+    broker.publish("warm", Event("x"))
+    gc.collect()
+    tracemalloc.start()
+    try:
+        baseline = tracemalloc.get_traced_memory()[0]
+        for number in range(CHANNELS):
+            channel = f"user-{number}"
+            if number % 10:
+                broker.publish(channel, Event(f"hello {number}"))
+            else:
+                with broker.subscribe([channel]):
+                    broker.publish(channel, Event(f"hello {number}"))
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - baseline
+        assert broker.stats().history > 1000  # the last TTL's channels are still there
+        assert held > 1 << 20
+        gevent.sleep(ttl * 1.1)  # the TTL is what is under test
+        broker.expire()
+        gc.collect()
+        after = tracemalloc.get_traced_memory()[0] - baseline
+    finally:
+        tracemalloc.stop()
+    assert broker.stats().history == 0
+    assert after < 512 << 10, f"{after / 1024:.0f} KiB still held"
+    broker.close()

@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import gevent
 import pytest
 
 from flask_sse_stream import Event, InvalidEventError
-from flask_sse_stream._broker import Broker, Subscription
+from flask_sse_stream._broker import RESET_EVENT, Broker, Subscription
 from flask_sse_stream._broker._policy import GAP_EVENT
 
 from .conftest import MakeBroker, take, wait_until
@@ -181,6 +182,26 @@ def test_replay_of_a_conflated_channel_is_the_latest_event_per_key(
         ]
         assert not resumed.reset
     assert broker.stats().conflated == 2
+
+
+def test_a_conflated_channel_replays_by_key_until_its_history_expires(
+    make_broker: MakeBroker,
+) -> None:
+    """SSE_HISTORY_TTL and the policies together: the replay follows the policy, then
+    the expired history's ids get the reset."""
+    ttl = 0.6
+    broker = make_broker(slow_consumer=POLICIES, history_ttl=ttl)
+    first = broker.publish("ticker", Event("start"), key="A")
+    published = publish_all(broker, "ticker", [("A", 1), ("B", 1), ("A", 2)])  # type: ignore[arg-type]
+    assert first.id is not None
+    with broker.subscribe(["ticker"], first.id) as resumed:
+        assert not resumed.reset
+        assert [e.id for e in take(resumed, 2)] == [published[1].id, published[2].id]
+    # Waiting the TTL out is the behaviour under test (Redis: expiry within 1.5 of it).
+    gevent.sleep(1.7 * ttl)
+    with broker.subscribe(["ticker"], first.id) as late:
+        assert late.reset
+        assert [e.event for e in take(late, 1)] == [RESET_EVENT]
 
 
 def test_replay_of_a_drop_oldest_channel_is_a_gap_and_at_most_a_queue(

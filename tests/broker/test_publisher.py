@@ -88,7 +88,7 @@ def test_the_history_is_trimmed_and_the_trim_point_recorded(
         ids = [publisher.publish(str(n), channel="c") for n in range(1000)]
     with redis_server.client() as client:
         kept = client.xrange(f"{prefix}stream:c")
-        meta = client.hget(f"{prefix}meta", "c")
+        meta = client.get(f"{prefix}meta:c")
     # MAXLEN ~: Redis trims whole nodes, so it keeps at least 10, and not all.
     assert 10 <= len(kept) < 1000
     assert [entry_id for entry_id, _ in kept] == [f"{n}-0" for n in range(1001 - len(kept), 1001)]
@@ -105,7 +105,7 @@ def test_with_no_history_nothing_is_kept_but_the_trim_point(
             publisher.publish(str(n), channel="c")
     with redis_server.client() as client:
         assert client.exists(f"{prefix}stream:c") == 0
-        assert client.hget(f"{prefix}meta", "c").endswith(" 5")
+        assert client.get(f"{prefix}meta:c").endswith(" 5")
 
 
 def test_threads_share_one_publisher(publisher: Publisher) -> None:

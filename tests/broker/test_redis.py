@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import random
 import re
 import subprocess
@@ -42,6 +43,9 @@ ID = re.compile(r"([0-9a-z]{1,8})-(0|[1-9a-z][0-9a-z]*)")
 ROOT = Path(__file__).resolve().parents[2]
 
 MakeRedis = Callable[..., RedisBroker]
+
+# Channels the short-lived-channel test makes: 100,000 under `make soak`.
+CHANNELS = int(os.environ.get("SOAK_CHANNELS", "10000"))
 
 
 def sequence(event_id: str | None) -> int:
@@ -663,3 +667,31 @@ def test_a_forked_child_refuses_the_parents_broker_and_steals_nothing(
     result = json.loads(completed.stdout.strip().splitlines()[-1])
     assert result == {"child": 0, "got": [str(n) for n in range(1, 50)]}
     assert "Traceback" not in completed.stderr
+
+
+def test_many_short_lived_channels_leave_no_keys_behind(
+    make_fresh: MakeRedis, fresh_server: RedisServer
+) -> None:
+    """Issue 11, item 9: every channel's keys expire (before: they lived for ever)."""
+    ttl = 1.0
+    broker = make_fresh(history_ttl=ttl)
+    broker.publish("warm", Event("x"))
+    with fresh_server.client() as client:
+        wait_until(lambda: client.dbsize() == 2, 10, "the warm-up channel to expire")
+        assert set(client.keys()) == {f"{broker.key_prefix}state", f"{broker.key_prefix}marks"}
+        with broker.subscribe(["kept"]) as kept:
+            broker.publish("kept", Event("kept"))
+            for number in range(CHANNELS):
+                channel = f"user-{number}"
+                if number % 100:
+                    broker.publish(channel, Event(f"hello {number}"))
+                else:
+                    with broker.subscribe([channel]):
+                        broker.publish(channel, Event(f"hello {number}"))
+            assert client.dbsize() > 1000  # the last TTL's channels are still there
+            # Redis deletes expired keys a few times a second, a sample at a time.
+            wait_until(lambda: client.dbsize() <= 4, 60, "the channels' keys to expire")
+            assert take(kept, 1)[0].data == "kept"
+            # The subscribed channel's history is kept past its TTL.
+            assert client.exists(f"{broker.key_prefix}stream:kept") == 1
+        wait_until(lambda: client.dbsize() == 2, 10, "the last channel to expire")

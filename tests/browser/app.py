@@ -22,6 +22,7 @@ from typing import Any
 
 import gevent
 from flask import Flask, Response, request
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from flask_sse_stream import SSE, CloseReason, Event
 from flask_sse_stream._stream import drain, open_streams
@@ -37,6 +38,8 @@ ORIGIN = os.environ.get("BROWSER_TEST_ORIGIN")
 """The origin of the test page, allowed to open streams cross-origin with cookies."""
 if ORIGIN:
     app.config.update(SSE_CORS_ORIGINS=[ORIGIN], SSE_CORS_CREDENTIALS=True)
+if os.environ.get("BROWSER_TEST_BROKER_URL"):
+    app.config["SSE_BROKER_URL"] = os.environ["BROWSER_TEST_BROKER_URL"]
 sse = SSE(app)
 app.register_blueprint(sse.blueprint, url_prefix="/events")
 
@@ -203,3 +206,21 @@ def journal() -> Iterator[Event]:
             yield Event(lines[number - 1], id=str(number))
         position = max(position, len(lines))
         gevent.sleep(0.02)
+
+
+# A second app, mounted at /limited, that lets one stream of the process open
+# at a time (the limit counts every stream of the process): past it a stream
+# is told to come back later.
+limited = Flask("limited")
+limited.config.update(SSE_HEARTBEAT_INTERVAL=5, SSE_RETRY=300, SSE_MAX_CONNECTIONS=1)
+limited_sse = SSE(limited)
+limited.register_blueprint(limited_sse.blueprint, url_prefix="/events")
+
+
+@limited.post("/publish")
+def limited_publish() -> dict[str, Any]:
+    body: dict[str, Any] = request.get_json()
+    return {"ids": [limited_sse.publish(body["data"], channel=body["channel"])]}
+
+
+app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {"/limited": limited})  # type: ignore[method-assign]

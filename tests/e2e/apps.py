@@ -38,6 +38,7 @@ app.config.update(
     SSE_BUFFER_SIZE=8,
 )
 sse = SSE(app)
+app.register_blueprint(sse.blueprint, url_prefix="/events")
 
 started: dict[str, float] = {}
 finalized: dict[str, float] = {}
@@ -169,6 +170,18 @@ def burst() -> Iterator[Event]:
     try:
         for i in range(request.args.get("n", 3, type=int)):
             yield Event(f"burst {i}", id=str(i))
+        gevent.sleep(BLOCK)
+    finally:
+        _mark(finalized)
+
+
+@app.get("/big")
+@sse.stream
+def big() -> Iterator[str]:
+    """One event of ``size`` bytes, then blocked like ``/blocked``."""
+    _mark(started)
+    try:
+        yield "x" * request.args.get("size", 4 << 20, type=int)
         gevent.sleep(BLOCK)
     finally:
         _mark(finalized)

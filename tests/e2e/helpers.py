@@ -81,6 +81,9 @@ def server_command(kind: str, port: int, drain_timeout: float = 3.0) -> list[str
             str(port),
             "--drain-timeout",
             str(drain_timeout),
+            # gunicorn's default keepalive is 2 s; a slowloris test need not wait 10.
+            "--request-timeout",
+            "3",
             "--no-access-log",
         ]
     if kind in WORKER_CLASSES:

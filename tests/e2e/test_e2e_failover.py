@@ -36,7 +36,7 @@ pytest.importorskip("redis")
 from redis.crc import key_slot
 from redis_server import ClusterGroup, SentinelGroup, need_redis_7
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.e2e, pytest.mark.redis_server, pytest.mark.timeout(180)]
 
 PREFIX = "e2e:"
 

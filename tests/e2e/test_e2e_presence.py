@@ -25,7 +25,7 @@ from .test_e2e_pubsub import Subscriber, read_until
 pytest.importorskip("redis")
 from redis_server import RedisServer, find_redis_server
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.e2e, pytest.mark.redis_server, pytest.mark.timeout(120)]
 
 TTL = 2.0
 GRACE = 1.0

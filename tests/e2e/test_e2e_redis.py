@@ -22,7 +22,7 @@ from .test_e2e_pubsub import Subscriber, numbers, post, read_until
 pytest.importorskip("redis")
 from redis_server import RedisServer, find_redis_server
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.e2e, pytest.mark.redis_server, pytest.mark.timeout(120)]
 
 
 @pytest.fixture(scope="module")
@@ -166,13 +166,24 @@ def test_a_rolling_restart_while_publishing_loses_and_duplicates_nothing(
         assert numbers_seen == list(range(total)), f"subscriber {i}"
 
 
-def test_streams_get_503_with_retry_after_while_redis_is_unreachable(tmp_path: Path) -> None:
+def test_streams_are_told_to_come_back_while_redis_is_unreachable(tmp_path: Path) -> None:
+    """Issue 11, items 3 and 6: a 200 stream that says why, and one log line, no traceback."""
     dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     server = start_gunicorn("gevent", tmp_path, env={"SSE_TEST_BROKER_URL": dead})
     try:
-        status, body = server.get("/events?channel=down", timeout=30)
-        assert status == 503, body
-        assert json.loads(body)["error"] == "events are unavailable right now, retry later"
-        assert "Broker unavailable" in server.log()
+        started = time.monotonic()
+        for _ in range(3):
+            status, body = server.get("/events?channel=down", timeout=30)
+            assert status == 200, body
+            assert b"\nretry: " in body
+            (line,) = [x for x in body.split(b"\n") if x.startswith(b"data: ")]
+            assert json.loads(line[6:])["reason"] == "unavailable"
+        log = server.log()
+        # One line per 10 s of the outage (each refusal here waits for the
+        # broker's 5 s timeout), not one per client.
+        lines = log.count("Broker unavailable")
+        assert 1 <= lines <= 1 + int((time.monotonic() - started) // 10)
+        assert lines < 3
+        assert "Traceback" not in log
     finally:
         server.stop()

@@ -29,7 +29,12 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 # (server, broker): both servers' write paths (beside the server on the runner
 # and our worker, through it with -k gevent) and both brokers.
-SETUPS = ["runner-memory", "gevent-memory", "runner-redis", "worker-redis"]
+SETUPS = [
+    "runner-memory",
+    "gevent-memory",
+    pytest.param("runner-redis", marks=pytest.mark.redis_server),
+    pytest.param("worker-redis", marks=pytest.mark.redis_server),
+]
 
 # 10 MB per subscriber: more than a stalled connection's kernel buffers
 # (about 3 MB on loopback here), its stream buffer (64 events) and its queue (200).

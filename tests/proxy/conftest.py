@@ -1,7 +1,7 @@
-"""nginx (Debian's package) in front of ``gunicorn -k gevent`` serving the proxy test app.
+"""nginx and HAProxy (Debian's packages) in front of gunicorn serving the proxy test app.
 
-The tests skip on a machine without nginx, except in CI (the ``CI``
-environment variable is set), where a skip is a failure.
+The tests skip on a machine without nginx or HAProxy, except in CI (the
+``CI`` environment variable is set), where a skip is a failure.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import pytest
 from browser.servers import start_gunicorn
 from e2e.helpers import Server, free_port
 
+from .haproxy import HAProxy, HAProxyFactory, haproxy_binary, haproxy_config, start_haproxy
 from .nginx import Nginx, NginxFactory, nginx_binary, site_config, start_nginx
 
 APP = "tests.proxy.app:app"
@@ -33,6 +34,8 @@ def pytest_runtest_makereport(
                 report.sections.append(("gunicorn log", value.log()[-20_000:]))
             if isinstance(value, Nginx):
                 report.sections.append(("nginx error.log", value.error_log()[-20_000:]))
+            if isinstance(value, HAProxy):
+                report.sections.append(("haproxy log", value.log()[-20_000:]))
     return report
 
 
@@ -85,3 +88,47 @@ def nginx_factory(
     yield start
     for nginx in running.values():
         nginx.stop()
+
+
+@pytest.fixture(scope="session")
+def haproxy_bin() -> str:
+    binary = haproxy_binary()
+    if binary is None:
+        reason = "no haproxy (apt-get install haproxy, or set HAPROXY)"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the proxy tests, but: {reason}", pytrace=False)
+        pytest.skip(reason)
+    return binary
+
+
+@pytest.fixture(scope="session")
+def haproxy_factory(
+    haproxy_bin: str, upstream: Server, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[HAProxyFactory]:
+    """Start HAProxy with a variant of the shipped config; each variant once per session."""
+    running: dict[str, HAProxy] = {}
+
+    def start(
+        *,
+        set_directives: dict[str, str] | None = None,
+        remove: tuple[str, ...] = (),
+        backend: tuple[str, ...] = (),
+    ) -> HAProxy:
+        key = repr((sorted((set_directives or {}).items()), remove, backend))
+        haproxy = running.get(key)
+        if haproxy is None or haproxy.process.poll() is not None:
+            port = free_port()
+            # The shipped maxconn needs twice as many descriptors as a test
+            # machine's hard limit may allow.
+            directives = {"maxconn": "1000", **(set_directives or {})}
+            config = haproxy_config(
+                upstream.port, port, set_directives=directives, remove=remove, backend=backend
+            )
+            haproxy = running[key] = start_haproxy(
+                haproxy_bin, config, Path(tmp_path_factory.mktemp("haproxy")), port
+            )
+        return haproxy
+
+    yield start
+    for haproxy in running.values():
+        haproxy.stop()

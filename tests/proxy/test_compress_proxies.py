@@ -11,20 +11,14 @@ shared by every process on Linux).
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from e2e.helpers import HOST, RawClient, Server, free_port, wait_for
+from e2e.helpers import RawClient, Server
 
 from flask_sse_stream.testing import decoder
 
+from .haproxy import HAProxyFactory
 from .nginx import NginxFactory
 
 pytestmark = [pytest.mark.e2e, pytest.mark.proxy, pytest.mark.timeout(40)]
@@ -75,87 +69,16 @@ def test_nginx_passes_a_compressed_stream_through_event_by_event(
     check(headers, delays, encoding)
 
 
-# HAProxy: the directives of the recommended config for streams (no delay,
-# close upstream on abort, idle timeouts above the heartbeat), and its own
-# compression on for event streams, which must skip an encoded response.
-HAPROXY_CFG = """\
-global
-    maxconn 256
-
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-    timeout http-request 10s
-    timeout http-keep-alive 4s
-    option abortonclose
-    option http-no-delay
-
-frontend web
-    bind {host}:{port}
-    default_backend sse_app
-
-backend sse_app
-    compression algo gzip
-    compression type text/event-stream
-    server app1 {host}:{upstream}
-"""
-
-
-def haproxy_binary() -> str | None:
-    for candidate in (os.environ.get("HAPROXY"), "/usr/sbin/haproxy", shutil.which("haproxy")):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
-@pytest.fixture(scope="module")
-def haproxy(upstream: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    binary = haproxy_binary()
-    if binary is None:
-        reason = "no haproxy (apt-get install haproxy, or set HAPROXY)"
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the proxy tests, but: {reason}", pytrace=False)
-        pytest.skip(reason)
-    port = free_port()
-    folder = Path(tmp_path_factory.mktemp("haproxy"))
-    config = folder / "haproxy.cfg"
-    config.write_text(HAPROXY_CFG.format(host=HOST, port=port, upstream=upstream.port))
-    log = (folder / "haproxy.log").open("wb")
-    process = subprocess.Popen(
-        [binary, "-db", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT
-    )
-    log.close()
-    try:
-
-        def ready() -> bool:
-            assert process.poll() is None, (folder / "haproxy.log").read_text()
-            try:
-                with socket.create_connection((HOST, port), timeout=1):
-                    pass
-            except OSError:
-                return False
-            with RawClient(port) as client:
-                client.request("/health")
-                return client.response(timeout=1).status_code == 200
-
-        wait_for(ready, 10, interval=0.05)
-        yield port
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+# HAProxy: the shipped config with its own compression on for event streams,
+# which must skip an encoded response.
+HAPROXY_GZIP = ("compression algo gzip", "compression type text/event-stream")
 
 
 @pytest.mark.parametrize("encoding", ["gzip", "br"])
 def test_haproxy_passes_a_compressed_stream_through_event_by_event(
-    haproxy: int, app_server: Server, encoding: str
+    haproxy_factory: HAProxyFactory, app_server: Server, encoding: str
 ) -> None:
-    headers, delays = compressed_delays(haproxy, encoding)
+    headers, delays = compressed_delays(haproxy_factory(backend=HAPROXY_GZIP).port, encoding)
     check(headers, delays, encoding)
 
 
@@ -169,8 +92,8 @@ def proxy_encoding_of_plain_ticks(port: int) -> str | None:
 
 
 def test_the_controls_nginx_and_haproxy_do_compress_a_plain_stream(
-    nginx_factory: NginxFactory, haproxy: int, app_server: Server
+    nginx_factory: NginxFactory, haproxy_factory: HAProxyFactory, app_server: Server
 ) -> None:
     """Their compression is on, so the tests above show they skip an encoded response."""
     assert proxy_encoding_of_plain_ticks(nginx_factory(set_directives=NGINX_GZIP).port) == "gzip"
-    assert proxy_encoding_of_plain_ticks(haproxy) == "gzip"
+    assert proxy_encoding_of_plain_ticks(haproxy_factory(backend=HAPROXY_GZIP).port) == "gzip"
