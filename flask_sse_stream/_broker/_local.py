@@ -9,6 +9,8 @@ lives here:
 * :class:`LocalFanOut`, the base class: the subscribers per channel, the
   fan-out loop, dropping slow subscribers, ending and releasing
   subscriptions (also those garbage-collected without ``close()``);
+* :class:`PendingFanOut`, for the brokers fed by a Redis pub/sub link: a
+  new subscriber buffers what the link brings until its replay is read;
 * :class:`LocalSubscription`, what a subscriber iterates;
 * the id format ``<epoch>-<n>``, ``n`` in base 36, and the checks of the
   brokers' arguments.

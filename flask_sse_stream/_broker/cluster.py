@@ -456,10 +456,7 @@ class ClusterBroker(PendingFanOut):
             return
         if not sub.multi and sub.settles:
             # Past its snapshot: from now on it takes the channel's fan-out as it is.
-            checked = self._checked[name]
-            checked.discard(sub)
-            if not checked:
-                del self._checked[name]
+            discard(self._checked, sub)
             self._register(sub)
         wake(sub, me)
 
