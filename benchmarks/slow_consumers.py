@@ -2,10 +2,12 @@
 
 The server (our runner, ``benchmarks/slow_consumers_app.py``) publishes
 ``--rate`` events a second over ``--keys`` keys on channel ``ticker`` (in
-ticks of 10 ms, each event published with its key) to ``--subscribers``
-subscribers of the channels blueprint, ``--slow`` of which read at most
+bursts every ``--tick`` seconds, 10 ms by default, each event published with
+its key) to ``--subscribers`` subscribers of the channels blueprint, ``--slow``
+of which read at most
 ``--slow-rate`` bytes a second through a 2 KiB receive buffer; the others read
-as fast as they can (one epoll loop, ``benchmarks/client.py``). The same run
+as fast as they can, ``--readers`` processes of raw sockets that check every
+event's number without decoding it (``benchmarks/readers.py``). The same run
 is made with the ``ticker`` channel under ``disconnect`` (the peer) and under
 ``conflate``, alternately, ``--repeat`` times each. ``SSE_QUEUE_SIZE`` is
 ``--queue`` (default 100: one conflation window, a value per key).
@@ -21,9 +23,13 @@ Figures (medians over the repeats):
   at most one window under ``conflate``), and the counters;
 * server RSS sampled every 0.5 s by the server itself: first, max, last;
 * the wall time of one ``sse.publish()`` (history, fan-out) and the server's
-  CPU time per published event, and their ratio ``conflate / disconnect``.
+  CPU time per published event, and their ratio ``conflate / disconnect``;
+* whether the server kept the rate (events published / ``rate x seconds``), and
+  where the CPU went while it published: the server's share of a core, the
+  clients' (reader processes and this one), and the whole machine's busy cores
+  (the rest is other processes), to tell what saturates.
 
-Run: ``python benchmarks/slow_consumers.py [--subscribers 200] [--seconds 10]``;
+Run: ``python benchmarks/slow_consumers.py [--subscribers 1000] [--tick 0.02] [--seconds 10]``;
 it writes ``benchmarks/results/slow-consumers.json``.
 """
 
@@ -44,11 +50,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from client import (
     ChunkedDecoder,
-    Loop,
     SSEDecoder,
     raise_fd_limit,
     read_cpu_seconds,
 )
+from readers import Readers
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -133,6 +139,46 @@ class Slow(threading.Thread):
         self.sock.close()
 
 
+def machine_seconds() -> dict[str, float]:
+    """CPU seconds of the whole machine so far, by kind, from ``/proc/stat``."""
+    with open("/proc/stat") as stat:
+        user, nice, system, idle, iowait, irq, softirq, steal = map(
+            int, stat.readline().split()[1:9]
+        )
+    ticks = os.sysconf("SC_CLK_TCK")
+    return {
+        "user": (user + nice) / ticks,
+        "system": system / ticks,
+        "softirq": (irq + softirq) / ticks,
+        "steal": steal / ticks,
+        "idle": (idle + iowait) / ticks,
+    }
+
+
+def wait_for_quiet(idle_cores: float, timeout: float) -> float:
+    """Wait (up to ``timeout`` s) for a second in which ``idle_cores`` cores were idle.
+
+    The machine is shared: a run measured beside another process's busy loop
+    measures the sharing. Returns the idle cores of the last second sampled.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        before = machine_seconds()["idle"]
+        time.sleep(1.0)
+        idle = machine_seconds()["idle"] - before
+        if idle >= idle_cores or time.monotonic() > deadline:
+            return idle
+
+
+def preemptions(pid: int) -> int:
+    """How often the process was switched out while it could run (another wanted the CPU)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("nonvoluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    return 0
+
+
 def start_server(policy: str, args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], int]:
     """Our runner serving the benchmark app, ready."""
     port = free_port()
@@ -170,33 +216,56 @@ def start_server(policy: str, args: argparse.Namespace) -> tuple[subprocess.Pope
 
 
 def one_run(policy: str, args: argparse.Namespace) -> dict[str, Any]:
+    idle_before = wait_for_quiet(args.quiet, 180)
     server, port = start_server(policy, args)
     stop = threading.Event()
     slow: list[Slow] = []
-    loop = Loop(HOST, port)
+    readers: Readers | None = None
     try:
-        fast_count = args.subscribers - args.slow
-        fast = loop.open_many(
-            fast_count, lambda i: "/events?channel=ticker", deadline=time.monotonic() + 60
+        limit = int(args.rate * args.seconds * 1.1) + 1000
+        readers = Readers(
+            (HOST, port),
+            "/events?channel=ticker",
+            args.subscribers - args.slow,
+            processes=args.readers,
+            limit=limit,
+            every=args.read_every,
         )
         slow = [Slow(port, args.slow_rate, args.slow_mss, stop) for _ in range(args.slow)]
         for sub in slow:
             sub.start()
+        deadline = time.monotonic() + 60
         while http(port, "GET", "/ticker")["stats"]["subscribers"].get("ticker", 0) < (
             args.subscribers
         ):
-            loop.pause(0.05)
-        cpu0 = read_cpu_seconds(server.pid)
-        http(port, "POST", f"/ticker?rate={args.rate}&keys={args.keys}&seconds={args.seconds}")
-        loop.pause(args.seconds)
-        while not (at_end := http(port, "GET", "/ticker"))["done"]:
-            loop.pause(0.05)
-        cpu = read_cpu_seconds(server.pid) - cpu0
-        published = at_end["published"]
-        loop.run(
-            lambda: all(len(c.events) >= published or c.eof for c in fast),
-            time.monotonic() + 10,
+            if time.monotonic() > deadline:
+                raise RuntimeError("not every subscriber was counted")
+            time.sleep(0.05)
+
+        def clients_cpu() -> float:
+            assert readers is not None
+            return sum(map(read_cpu_seconds, readers.pids)) + time.process_time()
+
+        cpu0, clients0, machine0 = read_cpu_seconds(server.pid), clients_cpu(), machine_seconds()
+        preempted0 = preemptions(server.pid)
+        began = time.monotonic()
+        http(
+            port,
+            "POST",
+            f"/ticker?rate={args.rate}&keys={args.keys}&seconds={args.seconds}&tick={args.tick}",
         )
+        time.sleep(args.seconds)
+        while not (at_end := http(port, "GET", "/ticker"))["done"]:
+            time.sleep(0.05)
+        wall = time.monotonic() - began
+        cpu = read_cpu_seconds(server.pid) - cpu0
+        clients = clients_cpu() - clients0
+        machine = {
+            kind: (value - machine0[kind]) / wall for kind, value in machine_seconds().items()
+        }
+        preempted = preemptions(server.pid) - preempted0
+        published = at_end["published"]
+        fast = readers.finish(published, 15)
         # The publisher stopped: the slow clients now read what was left for
         # them at full speed, until each has every key's last value.
         unthrottled = time.time()
@@ -208,7 +277,7 @@ def one_run(policy: str, args: argparse.Namespace) -> dict[str, Any]:
             sub.closed or finals <= {data["n"] for _, data in sub.received[-args.keys :]}
             for sub in slow
         ):
-            loop.pause(0.05)
+            time.sleep(0.05)
         stop.set()
         for sub in slow:
             sub.join(5)
@@ -217,7 +286,8 @@ def one_run(policy: str, args: argparse.Namespace) -> dict[str, Any]:
         stop.set()
         for sub in slow:
             sub.close()
-        loop.close_all()
+        if readers is not None:
+            readers.close()
         server.terminate()
         server.wait(10)
 
@@ -230,6 +300,16 @@ def one_run(policy: str, args: argparse.Namespace) -> dict[str, Any]:
         at_end=at_end,
         final=final,
         cpu=cpu,
+        load={
+            "idle_cores_before": idle_before,
+            "wall_s": wall,
+            "server_cpu_pct": 100 * cpu / wall,
+            "clients_cpu_pct": 100 * clients / wall,
+            "server_preempted_per_s": preempted / wall,
+            "machine_busy_cores": sum(machine.values()) - machine["idle"],
+            "others_cores": sum(machine.values()) - machine["idle"] - (cpu + clients) / wall,
+            "machine_cores_by_kind": machine,
+        },
     )
 
 
@@ -237,18 +317,15 @@ def summarize(
     policy: str,
     args: argparse.Namespace,
     *,
-    fast: list[Any],
+    fast: dict[str, int],
     slow: list[Slow],
     published: int,
     at_end: dict[str, Any],
     final: dict[str, Any],
     cpu: float,
+    load: dict[str, Any],
 ) -> dict[str, Any]:
     """The figures of one run."""
-    complete = 0
-    for conn in fast:
-        numbers = [json.loads(data)["n"] for _, _, data in conn.events]
-        complete += numbers == list(range(published))
     window = args.keys / args.rate
     ages: list[float] = []
     last_values = 0
@@ -265,8 +342,11 @@ def summarize(
     return {
         "policy": policy,
         "published": published,
-        "fast_subscribers": len(fast),
-        "fast_with_every_event": complete / len(fast),
+        "published_share": published / (args.rate * args.seconds),
+        **load,
+        "fast_subscribers": fast["streams"],
+        "fast_with_every_event": fast["complete"] / fast["streams"],
+        "fast_ended": fast["eof"],
         "slow_subscribers": len(slow),
         "slow_dropped": sum(sub.closed for sub in slow),
         "slow_received_median": statistics.median(slow_received) if slow_received else 0,
@@ -295,7 +375,7 @@ def median_of(runs: list[dict[str, Any]], key: str, sub: str | None = None) -> f
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--subscribers", type=int, default=200)
+    parser.add_argument("--subscribers", type=int, default=1000)
     parser.add_argument("--slow", type=int, default=10)
     parser.add_argument("--slow-rate", type=float, default=2048.0, help="bytes/s")
     parser.add_argument("--rate", type=int, default=1000, help="events/s")
@@ -305,6 +385,15 @@ def main() -> None:
     parser.add_argument("--slow-mss", type=int, default=1400, help="0: loopback's own")
     parser.add_argument("--drain", type=float, default=15.0, help="seconds, at most")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--readers", type=int, default=2, help="processes of fast subscribers")
+    parser.add_argument("--read-every", type=float, default=0.05, help="seconds, fast readers")
+    parser.add_argument("--tick", type=float, default=0.01, help="seconds between publish bursts")
+    parser.add_argument(
+        "--quiet",
+        type=float,
+        default=1.5,
+        help="idle cores to wait for before a run (180 s at most)",
+    )
     parser.add_argument("--out", type=Path, default=RESULT)
     args = parser.parse_args()
     raise_fd_limit()
@@ -320,6 +409,12 @@ def main() -> None:
         summary[policy] = {
             key: median_of(policy_runs, key)
             for key in (
+                "published_share",
+                "server_cpu_pct",
+                "clients_cpu_pct",
+                "server_preempted_per_s",
+                "machine_busy_cores",
+                "others_cores",
                 "fast_with_every_event",
                 "slow_dropped",
                 "slow_received_median",

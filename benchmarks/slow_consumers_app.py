@@ -38,12 +38,16 @@ def _rss_kib() -> int:
     return 0
 
 
-def _ticker(rate: int, keys: int, seconds: float) -> None:
-    """Publish ``rate`` events a second over ``keys`` keys, in ticks of 10 ms."""
+def _ticker(rate: int, keys: int, seconds: float, tick: float) -> None:
+    """Publish ``rate`` events a second over ``keys`` keys, in bursts every ``tick`` seconds.
+
+    A burst is published without yielding: the subscribers' writes follow it,
+    one per subscriber and burst.
+    """
     costs: list[float] = []
     rss: list[tuple[float, int]] = []
     _run.update(costs=costs, rss=rss, published=0, done=False)
-    per_tick = max(1, rate // 100)
+    per_tick = max(1, round(rate * tick))
     start = time.monotonic()
     n = 0
     with app.app_context():
@@ -69,7 +73,13 @@ def health() -> dict[str, Any]:
 @app.post("/ticker")
 def start_ticker() -> dict[str, Any]:
     args = request.args
-    gevent.spawn(_ticker, int(args["rate"]), int(args["keys"]), float(args["seconds"]))
+    gevent.spawn(
+        _ticker,
+        int(args["rate"]),
+        int(args["keys"]),
+        float(args["seconds"]),
+        float(args.get("tick", 0.01)),
+    )
     return {"started": True}
 
 

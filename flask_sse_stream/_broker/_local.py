@@ -9,6 +9,8 @@ lives here:
 * :class:`LocalFanOut`, the base class: the subscribers per channel, the
   fan-out loop, dropping slow subscribers, ending and releasing
   subscriptions (also those garbage-collected without ``close()``);
+* :class:`PendingFanOut`, for the brokers fed by a Redis pub/sub link: a
+  new subscriber buffers what the link brings until its replay is read;
 * :class:`LocalSubscription`, what a subscriber iterates;
 * the id format ``<epoch>-<n>``, ``n`` in base 36, and the checks of the
   brokers' arguments.
@@ -53,11 +55,14 @@ from ._wakeup import HubWaker, Subscriber, allocate_lock, current_waker, get_ide
 __all__ = [
     "LocalFanOut",
     "LocalSubscription",
+    "PendingFanOut",
+    "PendingSubscriber",
     "base36",
     "check_publish",
     "check_sizes",
     "check_subscribe",
     "check_ttl",
+    "discard",
     "parse_id",
     "seq_of",
 ]
@@ -374,6 +379,82 @@ class LocalFanOut:
             "gaps": self._counters.gaps,
             "queued": sum(len(sub.queue) for sub in self._everyone()),
         }
+
+
+def discard(table: dict[str, set[Any]], sub: Subscriber) -> None:
+    """Take ``sub`` out of ``table``'s set of each of its channels, and drop emptied sets."""
+    for name in sub.channels:
+        subs = table.get(name)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del table[name]
+
+
+class PendingSubscriber(Subscriber):
+    """A subscriber of a broker fed by a pub/sub link: it buffers until it goes live."""
+
+    __slots__ = ("buffer", "live")
+
+    def __init__(self, channels: tuple[str, ...]) -> None:
+        super().__init__(channels)
+        self.live = False
+        # What the link brought before it went live, as the broker's entries.
+        self.buffer: list[Any] = []
+
+
+class PendingFanOut(LocalFanOut):
+    """A :class:`LocalFanOut` fed by a pub/sub link, as the Redis brokers are.
+
+    A new subscription waits in :attr:`_pending`, its subscriber buffering
+    what the link brings (:meth:`_hold`), until its replay has been read;
+    then it goes live (:meth:`_leave_pending`) and keeps what its replay did
+    not have. Subclasses keep the subscribers they hand events to one by one
+    elsewhere too, and extend :meth:`_unregister` and :meth:`_everyone`.
+    """
+
+    def __init__(self, queue_size: int, slow_consumer: Policies) -> None:
+        super().__init__(queue_size, slow_consumer)
+        self._pending: dict[str, set[Any]] = {}
+
+    def _add_pending(self, sub: PendingSubscriber) -> None:
+        """Register a new subscriber as pending; the lock is held."""
+        pending = self._pending
+        for name in sub.channels:
+            channel_pending = pending.get(name)
+            if channel_pending is None:
+                channel_pending = pending[name] = set()
+            channel_pending.add(sub)
+
+    def _leave_pending(self, sub: PendingSubscriber) -> list[Any]:
+        """Mark ``sub`` live, out of the pending sets; return its buffer. The lock is held."""
+        buffer, sub.buffer = sub.buffer, []
+        sub.live = True
+        discard(self._pending, sub)
+        return buffer
+
+    def _hold(self, sub: PendingSubscriber, entry: Any, me: int) -> None:
+        """Buffer ``entry`` for ``sub`` until it goes live; the lock is held.
+
+        A subscriber whose hand-over takes so long that more than a couple
+        of queues' worth piles up is dropped, as a slow one: memory stays bounded.
+        """
+        buffer = sub.buffer
+        buffer.append(entry)
+        if len(buffer) > max(2 * self._queue_size, 1000):
+            self._end(sub, me, dropped=True)
+
+    def _unregister(self, sub: Subscriber) -> None:
+        super()._unregister(sub)
+        discard(self._pending, sub)
+        if isinstance(sub, PendingSubscriber):
+            sub.buffer = []
+
+    def _everyone(self) -> set[Subscriber]:
+        everyone = super()._everyone()
+        for channel_pending in self._pending.values():
+            everyone |= channel_pending
+        return everyone
 
 
 class LocalSubscription:

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -66,6 +67,7 @@ __all__ = [
     "connection_factory",
     "decode",
     "decode_keyed",
+    "decode_or_skip",
     "encode",
     "new_epoch",
     "pipeline",
@@ -245,6 +247,22 @@ def decode_keyed(blob: bytes, event_id: str) -> tuple[Event, str | None]:
         int(retry) if retry else None,
     )
     return event, key
+
+
+def decode_or_skip(
+    blob: bytes, event_id: str, log: logging.Logger
+) -> tuple[Event, str | None] | None:
+    """As :func:`decode_keyed`, or ``None`` if :func:`encode` did not write ``blob``.
+
+    For what a broker reads back from Redis: a stranger's entry in one of
+    its streams is skipped, with a warning in ``log``, not fatal.
+    """
+    try:
+        return decode_keyed(blob, event_id)
+    except (ValueError, InvalidEventError) as exc:
+        # str(exc): a kept log record must not keep the traceback (see _redis_link).
+        log.warning("Skipped an event that flask-sse-stream did not write: %s", str(exc))
+        return None
 
 
 def new_epoch() -> str:

@@ -27,6 +27,11 @@ stream of several channels resumes exactly from its ``Last-Event-ID``
   the client was, with no gap and no duplicate, however the shards'
   events interleaved. A plain ``<epoch>-<n>`` resumes every channel from
   ``n``.
+* Slow-consumer policies (``slow_consumer``, ``SSE_SLOW_CONSUMER``) work as
+  on the Redis broker, live and in a replay; the key travels in the event's
+  bytes. A subscriber of several channels gets its own ids before its
+  policy chooses, so a gap's id, or a kept event's, resumes after the
+  events skipped before it.
 
 The process must be monkey-patched by gevent, as for the Redis broker.
 Redis should keep these keys (persistence on, ``maxmemory-policy
@@ -46,7 +51,6 @@ from typing import TYPE_CHECKING, Any, Final
 from gevent import monkey
 from redis.connection import Connection
 
-from .._errors import InvalidEventError
 from .._event import Event, JSONDumps
 from ._cluster_link import Links
 from ._cluster_wire import (
@@ -60,16 +64,18 @@ from ._cluster_wire import (
     vector_id,
 )
 from ._local import (
-    LocalFanOut,
     LocalSubscription,
+    PendingFanOut,
+    PendingSubscriber,
     base36,
     check_publish,
     check_sizes,
     check_subscribe,
+    discard,
 )
 from ._policy import Policies
 from ._redis_home import Home, Pool
-from ._redis_wire import decode, encode
+from ._redis_wire import decode_or_skip, encode
 from ._wakeup import Subscriber, get_ident, wake
 from .base import (
     RESET_EVENT,
@@ -95,21 +101,22 @@ _NOT_PATCHED: Final = (
 )
 
 
-class _ClusterSubscriber(Subscriber):
-    """A subscriber, with its position in each channel."""
+_Entry = tuple[str, int, Event, str | None]
+"""An event as the links bring it: ``(channel, n, event, key)``."""
 
-    __slots__ = ("buffer", "live", "multi", "order", "positions", "settles", "snaps")
+
+class _ClusterSubscriber(PendingSubscriber):
+    """A subscriber, with its position in each channel; its buffer holds :data:`_Entry`\\ s."""
+
+    __slots__ = ("multi", "order", "positions", "settles", "snaps")
 
     def __init__(self, channels: tuple[str, ...]) -> None:
         super().__init__(channels)
-        self.live = False
         self.multi = len(channels) > 1
         self.order = tuple(sorted(channels))
         # The newest n given to it, per channel; a smaller or equal one is
         # not given again.
         self.positions: dict[str, int] = dict.fromkeys(channels, 0)
-        # (channel, n, event) that arrived before it went live.
-        self.buffer: list[tuple[str, int, Event]] = []
         # Per channel, what its snapshot covered, as soon as it is read.
         self.snaps: dict[str, int] = {}
         # Once its hand-over is done, a subscriber of one channel moves to
@@ -117,7 +124,7 @@ class _ClusterSubscriber(Subscriber):
         self.settles = False
 
 
-class ClusterBroker(LocalFanOut):
+class ClusterBroker(PendingFanOut):
     """A broker shared through a Redis Cluster (Redis 7+); see the module docstring.
 
     :param url: ``redis+cluster://[[user]:password@]host:port[,host:port...]``:
@@ -126,7 +133,12 @@ class ClusterBroker(LocalFanOut):
         ``?wait=0``: none, for a cluster without replicas).
     :param history_size: events kept per channel for replay.
     :param queue_size: live events a local subscription may have waiting
-        before it is dropped as slow.
+        before it is dropped as slow, or before its policy drops or
+        conflates events.
+    :param slow_consumer: the slow-consumer policy of every channel (a
+        ``str``), or of channels by name or pattern (``SSE_SLOW_CONSUMER``,
+        see :class:`~flask_sse_stream._broker._policy.Policies`), as on
+        the Redis broker. Every process sharing the channels should use the same.
     :param key_prefix: prefix of every key and shard channel (no braces).
     :param max_connections: connections per primary for publishing and reading.
     :param timeout: seconds a command, a connection or a subscription's
@@ -155,13 +167,6 @@ class ClusterBroker(LocalFanOut):
     ) -> None:
         check_sizes(history_size, queue_size)
         policies = Policies(slow_consumer)
-        if policies:
-            # Its own hand-over (per-channel positions, rewritten ids) appends
-            # to the queues itself; the policies are not wired into it yet.
-            raise ValueError(
-                "the Redis Cluster broker supports only the 'disconnect' slow-consumer "
-                f"policy so far; got {policies.rules!r:.200}"
-            )
         if not monkey.is_module_patched("socket"):
             raise RuntimeError(_NOT_PATCHED)
         super().__init__(queue_size, policies)
@@ -216,9 +221,8 @@ class ClusterBroker(LocalFanOut):
             on_lost=self._on_lost,
         )
         # Live subscribers whose events are checked one by one (several
-        # channels, or not past their snapshot yet), and those not live yet.
+        # channels, or not past their snapshot yet).
         self._checked: dict[str, set[_ClusterSubscriber]] = {}
-        self._pending: dict[str, set[_ClusterSubscriber]] = {}
         # The newest n this process has seen: what it publishes next is numbered above.
         self._clock = 0
 
@@ -275,14 +279,13 @@ class ClusterBroker(LocalFanOut):
         return self._home.run(self._subscribe, names, last_id)
 
     def _subscribe(self, names: tuple[str, ...], last_id: str | None) -> ClusterSubscription:
-        sub = _ClusterSubscriber(names)
+        sub = self._new_subscriber(_ClusterSubscriber(names))
         with self._lock:
             if self._closed:
                 raise BrokerClosedError("subscribe() on a closed broker")
             if self._orphans:
                 self._release_orphans(self._home.thread)
-            for name in names:
-                self._pending.setdefault(name, set()).add(sub)
+            self._add_pending(sub)
             self._open += 1
         try:
             replay, reset = self._hand_over(sub, last_id)
@@ -326,12 +329,16 @@ class ClusterBroker(LocalFanOut):
                 self._resets += 1
             elif after is not None:
                 positions.update(after)
+                # Every event with the id it has for this subscriber, then the
+                # policy's choice of them: a kept event's id covers those skipped.
+                entries: list[tuple[Event, tuple[str, str | None]]] = []
                 for n, name, blob in heapq.merge(*(tails or [])):
-                    event = self._decode(blob, epoch, n)
-                    if event is not None:
+                    decoded = self._decode(blob, epoch, n)
+                    if decoded is not None:
                         positions[name] = n
-                        replay.append(self._for(sub, event, epoch, n))
-                self._replayed += len(replay)
+                        event, key = decoded
+                        entries.append((self._for(sub, event, epoch, n), (name, key)))
+                replay = self._replay_by_policy(sub, entries)
                 for name in names:
                     positions[name] = max(positions[name], states[name].last)
             else:
@@ -379,27 +386,17 @@ class ClusterBroker(LocalFanOut):
             return event
         return Event(event.data, event.event, self._id_of(sub, epoch), event.retry)
 
-    def _decode(self, blob: bytes, epoch: str, n: int) -> Event | None:
-        try:
-            return decode(blob, f"{epoch}-{base36(n)}")
-        except (ValueError, InvalidEventError) as exc:
-            log.warning("Skipped an event that flask-sse-stream did not write: %s", str(exc))
-            return None
+    def _decode(self, blob: bytes, epoch: str, n: int) -> tuple[Event, str | None] | None:
+        return decode_or_skip(blob, f"{epoch}-{base36(n)}", log)
 
     def _go_live(self, sub: _ClusterSubscriber, epoch: str) -> None:
         """Move ``sub`` from pending to live, with what it buffered; the lock is held."""
         me = self._home.thread
-        buffer, sub.buffer = sub.buffer, []
-        sub.live = True
+        buffer = self._leave_pending(sub)
         for name in sub.channels:
-            pending = self._pending.get(name)
-            if pending is not None:
-                pending.discard(sub)
-                if not pending:
-                    del self._pending[name]
             self._checked.setdefault(name, set()).add(sub)
-        for name, n, event in buffer:
-            self._give(sub, name, n, event, me)
+        for entry in buffer:
+            self._give(sub, entry, me)
 
     # What the links bring, in the home hub.
 
@@ -424,9 +421,10 @@ class ClusterBroker(LocalFanOut):
 
     def _on_event(self, name: str, n: int, blob: bytes) -> None:
         epoch = self._store.epoch()
-        event = self._decode(blob, epoch, n)
-        if event is None:
+        decoded = self._decode(blob, epoch, n)
+        if decoded is None:
             return
+        event, key = decoded
         self._clock = max(self._clock, n)
         me = self._home.thread
         with self._lock:
@@ -434,37 +432,32 @@ class ClusterBroker(LocalFanOut):
                 self._release_orphans(me)
             settled = self._subscribers.get(name)
             if settled:
-                self._fan_out(settled, event, me)
+                self._fan_out(settled, event, me, name, key)
+            entry = (name, n, event, key)
             checked = self._checked.get(name)
             if checked:
                 for sub in list(checked):
-                    self._give(sub, name, n, event, me)
+                    self._give(sub, entry, me)
             pending = self._pending.get(name)
             if pending:
                 for sub in list(pending):
-                    sub.buffer.append((name, n, event))
-                    if len(sub.buffer) > max(2 * self._queue_size, 1000):
-                        self._end(sub, me, dropped=True)
+                    self._hold(sub, entry, me)
 
-    def _give(self, sub: _ClusterSubscriber, name: str, n: int, event: Event, me: int) -> None:
-        """Queue ``event`` for ``sub`` unless it had it; the lock is held."""
+    def _give(self, sub: _ClusterSubscriber, entry: _Entry, me: int) -> None:
+        """Queue ``entry``'s event for ``sub`` by its policy unless it had it; the lock is held."""
+        name, n, event, key = entry
         if sub.ended or n <= sub.positions[name]:
             return
         sub.positions[name] = n
-        if len(sub.queue) >= self._queue_size:
-            self._end(sub, me, dropped=True)
-            return
         if sub.multi:
             event = self._for(sub, event, self._store.epoch(), n)
-        elif sub.settles:
+        if not self._offer(sub, event, name, key):
+            self._end(sub, me, dropped=True)
+            return
+        if not sub.multi and sub.settles:
             # Past its snapshot: from now on it takes the channel's fan-out as it is.
-            checked = self._checked[name]
-            checked.discard(sub)
-            if not checked:
-                del self._checked[name]
-            self._subscribers.setdefault(name, set()).add(sub)
-        sub.queue.append(event)
-        self._delivered += 1
+            discard(self._checked, sub)
+            self._register(sub)
         wake(sub, me)
 
     def _on_lost(self, name: str, position: int) -> None:
@@ -478,10 +471,11 @@ class ClusterBroker(LocalFanOut):
                 if sub.ended:
                     continue
                 sub.positions[name] = max(sub.positions[name], position)
-                if len(sub.queue) >= self._queue_size:
+                # Its own key (as the Redis broker's gap fill gives it): a
+                # lagging conflated queue keeps it beside every channel's keys.
+                if not self._offer(sub, self._reset_event(sub, epoch), "", None):
                     self._end(sub, me, dropped=True)
                     continue
-                sub.queue.append(self._reset_event(sub, epoch))
                 self._resets += 1
                 wake(sub, me)
 
@@ -489,29 +483,16 @@ class ClusterBroker(LocalFanOut):
 
     def _unregister(self, sub: Subscriber) -> None:
         super()._unregister(sub)
-        released = False
-        for table in (self._checked, self._pending):
-            for name in sub.channels:
-                subs = table.get(name)
-                if subs is not None:
-                    subs.discard(sub)
-                    if not subs:
-                        del table[name]
-        for name in sub.channels:
-            if not any(
-                name in table for table in (self._subscribers, self._checked, self._pending)
-            ):
-                released = True
-        if isinstance(sub, _ClusterSubscriber):
-            sub.buffer = []
+        discard(self._checked, sub)
+        tables = (self._subscribers, self._checked, self._pending)
+        released = any(not any(name in table for table in tables) for name in sub.channels)
         if released and not self._closed:
             self._links.request_release()
 
     def _everyone(self) -> set[Subscriber]:
         everyone = super()._everyone()
-        for table in (self._checked, self._pending):
-            for subs in table.values():
-                everyone |= subs
+        for subs in self._checked.values():
+            everyone |= subs
         return everyone
 
     def close(self) -> None:

@@ -62,11 +62,11 @@ from typing import TYPE_CHECKING, Any, Final
 import gevent
 from gevent import monkey
 
-from .._errors import InvalidEventError
 from .._event import Event, JSONDumps
 from ._local import (
-    LocalFanOut,
     LocalSubscription,
+    PendingFanOut,
+    PendingSubscriber,
     base36,
     check_publish,
     check_sizes,
@@ -84,7 +84,7 @@ from ._redis_wire import (
     Store,
     close_sentinels,
     connection_factory,
-    decode_keyed,
+    decode_or_skip,
     encode,
     replicas_to_wait,
     where,
@@ -114,17 +114,17 @@ _NOT_PATCHED: Final = (
 )
 
 
-class _RedisSubscriber(Subscriber):
-    """A subscriber that also buffers what arrives before it goes live."""
+class _RedisSubscriber(PendingSubscriber):
+    """A subscriber that buffers what arrives before it goes live.
 
-    __slots__ = ("buffer", "live", "snap")
+    Its buffer holds ``(epoch generation, n, event, channel, key)``; at the
+    hand-over it keeps those after ``snap``.
+    """
+
+    __slots__ = ("snap",)
 
     def __init__(self, channels: tuple[str, ...]) -> None:
         super().__init__(channels)
-        self.live = False
-        # (epoch generation, n, event, channel, key) fanned out before the
-        # subscriber went live; at the hand-over it keeps those after ``snap``.
-        self.buffer: list[tuple[int, int, Event, str, str | None]] = []
         # (epoch generation, n): what its replay covered; None: no replay.
         self.snap: tuple[int, int] | None = None
 
@@ -141,7 +141,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class RedisBroker(LocalFanOut):
+class RedisBroker(PendingFanOut):
     """A broker shared through Redis by every process and host; see the module docstring.
 
     :param url: ``redis://[[user]:password@]host[:port][/db]``,
@@ -255,9 +255,7 @@ class RedisBroker(LocalFanOut):
             on_confirmed=self._on_confirmed,
             on_gap=self._fill,
         )
-        # Subscribers not live yet, per channel; and those waiting for a
-        # PING generation to go live.
-        self._pending: dict[str, set[_RedisSubscriber]] = {}
+        # Subscribers waiting for a PING generation to go live.
         self._finalize: deque[tuple[int, _RedisSubscriber]] = deque()
         _brokers.add(self)
 
@@ -338,12 +336,7 @@ class RedisBroker(LocalFanOut):
                 raise BrokerClosedError("subscribe() on a closed broker")
             if self._orphans:
                 self._release_orphans(me)
-            pending = self._pending
-            for name in names:
-                channel_pending = pending.get(name)
-                if channel_pending is None:
-                    channel_pending = pending[name] = set()
-                channel_pending.add(sub)
+            self._add_pending(sub)
             self._open += 1
             generation = link.request()
             if last_id is None:
@@ -416,14 +409,9 @@ class RedisBroker(LocalFanOut):
     ) -> list[tuple[Event, tuple[str, str | None]]]:
         events = []
         for n, blob, name in entries:
-            try:
-                event, key = decode_keyed(blob, f"{epoch}-{base36(n)}")
-                events.append((event, (name, key)))
-            except (ValueError, InvalidEventError) as exc:
-                # str(exc): a kept log record must not keep the traceback (see _redis_link).
-                log.warning(
-                    "Skipped a stream entry that flask-sse-stream did not write: %s", str(exc)
-                )
+            decoded = decode_or_skip(blob, f"{epoch}-{base36(n)}", log)
+            if decoded is not None:
+                events.append((decoded[0], (name, decoded[1])))
         return events
 
     # What the link brings, in the home hub.
@@ -449,7 +437,7 @@ class RedisBroker(LocalFanOut):
             if pending:
                 entry = (generation, n, event, channel, key)
                 for sub in list(pending):
-                    self._buffer(sub, entry, me)
+                    self._hold(sub, entry, me)
 
     def _on_confirmed(self, generation: int) -> None:
         me = self._home.thread
@@ -462,15 +450,7 @@ class RedisBroker(LocalFanOut):
 
     def _go_live(self, sub: _RedisSubscriber, me: int) -> None:
         """Move ``sub`` from pending to the fan-out sets; the lock is held."""
-        buffer, sub.buffer = sub.buffer, []
-        sub.live = True
-        pending = self._pending
-        for name in sub.channels:
-            channel_pending = pending.get(name)
-            if channel_pending is not None:
-                channel_pending.discard(sub)
-                if not channel_pending:
-                    del pending[name]
+        buffer = self._leave_pending(sub)
         self._register(sub)
         snap = sub.snap
         if snap is None or not buffer:
@@ -483,18 +463,6 @@ class RedisBroker(LocalFanOut):
                 return
         if sub.queue:
             wake(sub, me)
-
-    def _buffer(
-        self,
-        sub: _RedisSubscriber,
-        entry: tuple[int, int, Event, str, str | None],
-        me: int,
-    ) -> None:
-        """Keep an event for ``sub`` until it goes live; the lock is held."""
-        buffer = sub.buffer
-        buffer.append(entry)
-        if len(buffer) > max(2 * self._queue_size, 1000):
-            self._end(sub, me, dropped=True)
 
     def _fill(self, gap: Gap) -> None:
         """Give every subscriber what it missed while the link was down, or the reset event."""
@@ -534,7 +502,7 @@ class RedisBroker(LocalFanOut):
         if sub.ended:
             return
         if not sub.live:
-            self._buffer(sub, entry, me)
+            self._hold(sub, entry, me)
         elif not self._offer(sub, entry[2], entry[3], entry[4]):
             self._end(sub, me, dropped=True)
         else:
@@ -562,29 +530,13 @@ class RedisBroker(LocalFanOut):
         super()._unregister(sub)
         if self._history_ttl is not None:
             self._left.update(sub.channels)
-        pending = self._pending
-        released = False
-        for name in sub.channels:
-            channel_pending = pending.get(name)
-            if channel_pending is not None:
-                channel_pending.discard(sub)
-                if not channel_pending:
-                    del pending[name]
-            if name not in pending and name not in self._subscribers:
-                released = True
         if isinstance(sub, _RedisSubscriber):
-            sub.buffer = []
             # In place: the reader may be draining this very deque.
             for entry in [entry for entry in self._finalize if entry[1] is sub]:
                 self._finalize.remove(entry)
-        if released:
+        pending, subscribers = self._pending, self._subscribers
+        if any(name not in pending and name not in subscribers for name in sub.channels):
             self._link.kick()
-
-    def _everyone(self) -> set[Subscriber]:
-        everyone = super()._everyone()
-        for channel_pending in self._pending.values():
-            everyone |= channel_pending
-        return everyone
 
     def close(self) -> None:
         """End every subscription, close every connection; idempotent."""

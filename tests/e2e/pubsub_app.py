@@ -29,10 +29,8 @@ app.config.update(
     SSE_QUEUE_SIZE=200,
     SSE_WRITE_TIMEOUT=2,
     SSE_MAX_CONNECTIONS=5000,
+    SSE_SLOW_CONSUMER={"tick*": "conflate", "logs*": "drop-oldest"},
 )
-if not os.environ.get("SSE_TEST_BROKER_URL", "").startswith("redis+cluster://"):
-    # The Redis Cluster broker supports only "disconnect" so far.
-    app.config["SSE_SLOW_CONSUMER"] = {"tick*": "conflate", "logs*": "drop-oldest"}
 if os.environ.get("SSE_TEST_WRITE_TIMEOUT"):
     app.config["SSE_WRITE_TIMEOUT"] = float(os.environ["SSE_TEST_WRITE_TIMEOUT"])
 if os.environ.get("SSE_TEST_BROKER_URL"):

@@ -1,6 +1,6 @@
 """Slow-consumer policies over real sockets: throttled and stalled clients with small
 receive buffers, beside clients that keep up, on our runner and on gunicorn, with the
-in-process broker and with Redis.
+in-process broker, with Redis and with a Redis Cluster.
 
 The app (``pubsub_app``) conflates channels ``tick*`` and drops the oldest on
 ``logs*``; every other channel disconnects. ``SSE_QUEUE_SIZE`` is 200. Its
@@ -28,12 +28,13 @@ from .test_e2e_pubsub import APP, Subscriber, numbers, post, read_until, wait_su
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 # (server, broker): both servers' write paths (beside the server on the runner
-# and our worker, through it with -k gevent) and both brokers.
+# and our worker, through it with -k gevent) and every broker.
 SETUPS = [
     "runner-memory",
     "gevent-memory",
     pytest.param("runner-redis", marks=pytest.mark.redis_server),
     pytest.param("worker-redis", marks=pytest.mark.redis_server),
+    pytest.param("runner-cluster", marks=pytest.mark.redis_server),
 ]
 
 # 10 MB per subscriber: more than a stalled connection's kernel buffers
@@ -58,6 +59,15 @@ def redis_url() -> Iterator[str]:
         yield server.url
 
 
+@pytest.fixture(scope="module")
+def cluster_url() -> Iterator[str]:
+    pytest.importorskip("redis")
+    from redis_server import ClusterGroup, need_redis_7
+
+    with ClusterGroup(need_redis_7()) as group:
+        yield group.url()
+
+
 @pytest.fixture(scope="module", params=SETUPS)
 def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
@@ -65,9 +75,9 @@ def server(
     kind, broker = request.param.split("-")
     log_dir: Path = tmp_path_factory.mktemp(request.param)
     env = {"SSE_TEST_WRITE_TIMEOUT": "30"}
-    if broker == "redis":
+    if broker != "memory":
         env |= {
-            "SSE_TEST_BROKER_URL": request.getfixturevalue("redis_url"),
+            "SSE_TEST_BROKER_URL": request.getfixturevalue(f"{broker}_url"),
             "SSE_KEY_PREFIX": f"slow-{uuid.uuid4().hex[:8]}:",
         }
     if kind == "runner":
@@ -223,16 +233,20 @@ def test_a_stalled_client_of_a_disconnect_channel_is_still_dropped(
 
 def test_replay_follows_the_policy_over_http(server: Server, subscribers: list[Subscriber]) -> None:
     tick, logs = f"tick-{uuid.uuid4().hex[:8]}", f"logs-{uuid.uuid4().hex[:8]}"
-    live = Subscriber(server.port, f"/events?channel={tick}&channel={logs}")
-    subscribers.append(live)
+    # One live subscriber per channel: the ids of a stream of several channels
+    # name a position in each on the Redis Cluster, not one a single channel resumes from.
+    live = [Subscriber(server.port, f"/events?channel={name}") for name in (tick, logs)]
+    subscribers += live
     wait_subscribed(server, tick, 1)
-    # Paced, so that the live subscriber (drop-oldest: the stricter of its two
-    # channels') never lags, even when the Redis link brings a burst at once.
+    wait_subscribed(server, logs, 1)
+    # Paced, so that the live subscribers never lag, even when the Redis
+    # link brings a burst at once.
     post(server, f"/publish-sequence?channel={tick}&count=50&keys=5&pause=0.002&wait=1")
     post(server, f"/publish-sequence?channel={logs}&count=300&start=1000&pause=0.002&wait=1")
-    read_until([live], lambda s: len(s.events) >= 350, 30)
-    assert [e.event for e in live.events] == ["message"] * 350  # no gap
-    ids = {json.loads(e.data)["n"]: e.id for e in live.events}
+    read_until(live, lambda s: len(s.events) >= (50 if s is live[0] else 300), 30)
+    events = live[0].events + live[1].events
+    assert [e.event for e in events] == ["message"] * 350  # no gap
+    ids = {json.loads(e.data)["n"]: e.id for e in events}
 
     (conflated,) = [Subscriber(server.port, f"/events?channel={tick}", [("Last-Event-ID", ids[9])])]
     subscribers.append(conflated)
