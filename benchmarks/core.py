@@ -24,6 +24,7 @@ is the figure to trust).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import http.client
 import json
 import os
@@ -124,15 +125,24 @@ QUICK = Settings(
 )
 OURS = ("ours", "ours-worker", "ours-gunicorn")
 """Our runner, gunicorn with our worker class, plain gunicorn -k gevent."""
-PEERS = ("naive", "starlette", "flask-sse")
+PEERS = ("naive", "starlette", "fastapi", "flask-sse")
 STREAM_SERVERS = OURS + PEERS
 FANOUT_SERVERS = (*OURS, "ours-redis", "ours-worker-redis", "ours-gunicorn-redis", *PEERS)
 SKIPPED: dict[str, str] = {}
 """Servers that could not run here, and why (reported with the results)."""
 
 
+SELECTED: tuple[str, ...] = ()
+"""``--servers``: run only these (a variant such as ``fastapi-str`` where its base runs)."""
+
+
 def runnable(names: Iterable[str]) -> tuple[str, ...]:
     """The servers of ``names`` that can run here; the others go to :data:`SKIPPED`."""
+    names = tuple(names)
+    if SELECTED:
+        names = tuple(
+            n for n in SELECTED if n in names or any(n.startswith(f"{m}-") for m in names)
+        )
     ok = []
     for name in names:
         why = SERVERS[name].missing()
@@ -1082,7 +1092,17 @@ def peer_versions() -> dict[str, str]:
     python = servers.PEERS_BIN / "python"
     if not python.exists():
         return {}
-    names = ["sse-starlette", "starlette", "uvicorn", "uvloop", "httptools", "flask-sse", "redis"]
+    names = [
+        "sse-starlette",
+        "fastapi",
+        "pydantic",
+        "starlette",
+        "uvicorn",
+        "uvloop",
+        "httptools",
+        "flask-sse",
+        "redis",
+    ]
     code = (
         "import json, sys\nfrom importlib import metadata\n"
         "print(json.dumps({n: metadata.version(n) for n in sys.argv[1:]}))"
@@ -1144,7 +1164,7 @@ def measure(settings: Settings, wanted: Callable[[str], bool]) -> list[dict[str,
 ORDER = ("C0", "S1", "S2", "S3", "S4", "S5", "HB", "MEM")
 
 
-def main(argv: list[str] | None = None) -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, < 2 minutes")
     parser.add_argument(
@@ -1152,6 +1172,12 @@ def main(argv: list[str] | None = None) -> None:
         default="",
         help="comma-separated: C0,S1,S2,S3,S4,S5 (default: all); HB, MEM only on request",
     )
+    parser.add_argument(
+        "--servers",
+        default="",
+        help="comma-separated server names (servers.py) to run, e.g. starlette,fastapi,fastapi-str",
+    )
+    parser.add_argument("--reps", type=int, help="repetitions (default: 3, --quick 1)")
     parser.add_argument("--setup", action="store_true", help="make the peers' venv and stop")
     parser.add_argument("--render", action="store_true", help="rebuild doc and chart from JSON")
     parser.add_argument("--out", type=Path, help="JSON output path")
@@ -1160,6 +1186,11 @@ def main(argv: list[str] | None = None) -> None:
         help="measure the library and apps of this git commit (e.g. HEAD) instead of "
         "the working tree, which others may be editing",
     )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.setup:
         setup()
@@ -1178,6 +1209,13 @@ def main(argv: list[str] | None = None) -> None:
         export(args.ref, Path(snapshot.name))
         servers.use_source(Path(snapshot.name))
     settings = QUICK if args.quick else FULL
+    if args.reps:
+        settings = dataclasses.replace(settings, reps=args.reps)
+    global SELECTED
+    SELECTED = tuple(n.strip() for n in args.servers.split(",") if n.strip())
+    unknown = [n for n in SELECTED if n not in SERVERS]
+    if unknown:
+        parser.error(f"unknown servers {unknown}; see benchmarks/servers.py")
     only = {s.strip().upper() for s in args.only.split(",") if s.strip()}
 
     def wanted(scenario: str) -> bool:
