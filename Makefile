@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: run run-htmx run-llm run-datastar vendor test test-flask-next lint docs dist sdist-test bench bench-quick soak-failover clean
+.PHONY: run run-htmx run-llm run-datastar vendor test test-flask-next lint docs dist sdist-test bench bench-quick bench-scale bench-workers soak-failover clean
 
 # The project editable, with the `dev` dependency group of pyproject.toml
 # (test, lint and docs tools; groups need pip >= 25.1).
@@ -118,6 +118,25 @@ bench: benchmarks/.venv/.installed
 
 bench-quick: benchmarks/.venv/.installed
 	$(BIN)/python benchmarks/core.py --quick
+
+# The long scenarios of docs/benchmarks.md, apart from `bench`. bench-scale:
+# the most idle streams the machine holds (SCALE_STREAMS, 100,000), ours on
+# SCALE_WORKERS gunicorn workers of the shipped config, then each peer on
+# as many workers, as far as each goes (about 3 minutes a server); results
+# appended to benchmarks/results/scale.jsonl. bench-workers: fan-out on 1
+# and 2 workers with the Redis broker against the peers (about 4 minutes).
+SCALE_STREAMS ?= 100000
+SCALE_WORKERS ?= 2
+SCALE_SERVERS ?= ours starlette fastapi naive
+
+bench-scale: benchmarks/.venv/.installed
+	@set -e; for server in $(SCALE_SERVERS); do \
+		$(BIN)/python benchmarks/scale.py --server $$server --workers $(SCALE_WORKERS) \
+			--streams $(SCALE_STREAMS) --out benchmarks/results/scale.jsonl; \
+	done
+
+bench-workers: benchmarks/.venv/.installed
+	$(BIN)/python benchmarks/workers.py --reach
 
 clean:
 	rm -rf $(VENV) $(NEXT_VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache build dist docs/_build

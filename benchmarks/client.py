@@ -270,7 +270,11 @@ class Loop:
             if err:
                 self._lost(conn)
                 return
-            sock.send(conn.request)  # a few hundred bytes: fits the empty buffer
+            try:
+                sock.send(conn.request)  # a few hundred bytes: fits the empty buffer
+            except OSError:  # reset by a server that is full
+                self._lost(conn)
+                return
             self.selector.modify(sock, selectors.EVENT_READ, conn)
             return
         try:

@@ -573,8 +573,8 @@ def scenario_idle(settings: Settings) -> dict[str, Any]:
             f"idle CPU at {largest:,} over {window:g} s",
             "% of a core",
             pick("cpu_pct"),
-            # Only the peer that heartbeats (sse-starlette, 15 s ping) compares.
-            peers=("starlette",),
+            # Only the peers that heartbeat (15 s pings) compare.
+            peers=("starlette", "fastapi"),
         ),
         Metric(
             "heartbeats",
@@ -597,7 +597,8 @@ def scenario_idle(settings: Settings) -> dict[str, Any]:
             " streams in all), every stream proven live by a probe event; then the "
             f"worker's utime+stime over {window:g} s with all {largest:,} streams idle. "
             "Heartbeats on where the server has them: ours 15 s (the default), "
-            "sse-starlette 15 s (its default ping); the naive view and flask-sse send none. "
+            "sse-starlette and FastAPI 15 s (their default pings); the naive view and "
+            "flask-sse send none. "
             "Servers overlap: the next one opens its streams while the previous one idles."
         ),
         "params": {"sizes": list(settings.s1_sizes), "window_s": window},
@@ -706,7 +707,7 @@ def scenario_fanout(settings: Settings) -> dict[str, Any]:
         "what": (
             f"{count:,} subscribers of one channel (ours: the channels blueprint "
             "/events?channel=bench and sse.publish; flask-sse: its own /stream view and "
-            "sse.publish through Redis; the naive view and sse-starlette: a queue per "
+            "sse.publish through Redis; the naive view, sse-starlette and FastAPI: a queue per "
             "subscriber that the publisher puts each event into). Latency phase: the "
             f"server publishes {settings.s2_rate:g} events/s for {settings.s2_lat_seconds:g} s "
             "on its own schedule (open loop, a background greenlet or task); latency = "
@@ -787,6 +788,7 @@ def scenario_single(settings: Settings) -> dict[str, Any]:
             "A producer that yields numbered 43-character strings (51 bytes on the wire) "
             "in a loop, as users write it for each stack (ours: @sse.stream; naive: a "
             "generator framed by hand; sse-starlette: an async generator of dicts; "
+            "FastAPI: an async generator of ServerSentEvent(raw_data=...); "
             "flask-sse: a greenlet calling sse.publish on the stream's channel as fast as "
             f"it returns). The client reads {settings.s3_window:g} s after a "
             f"{settings.s3_warmup:g} s warm-up and checks the numbering."
