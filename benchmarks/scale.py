@@ -173,6 +173,17 @@ def mem_available_kib() -> int:
     raise RuntimeError("no MemAvailable")
 
 
+def listen_overflows() -> int:
+    """The kernel's count of connections dropped at a full accept queue (all sockets)."""
+    with open("/proc/net/netstat") as netstat:
+        lines = netstat.read().splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], values.split()[1:], strict=False))
+            return int(table.get("ListenOverflows", 0))
+    return 0
+
+
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
@@ -279,11 +290,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         pids = tree(server.process.pid)
     rss0, mem0, loadavg = rss_kib(pids), mem_available_kib(), os.getloadavg()
     log(f"{args.server} x{args.workers}: {len(pids)} processes, {rss0 / 1024:.0f} MiB")
+    overflows0 = listen_overflows()
     started = time.monotonic()
     procs = start_clients(args, server.port, flags.name)
     try:
         lowest_free, stopped_for_memory = wait_opened(args, server, procs)
         opened_at = time.monotonic()
+        overflows = listen_overflows() - overflows0
         opened = [json.loads(Path(job["opened_flag"]).read_text()) for job, _ in procs]
         live = sum(o["live"] for o in opened)
         log(f"{live:,} live streams in {opened_at - started:.1f} s")
@@ -316,6 +329,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "target": args.streams,
         "live": live,
         "open_seconds": opened_at - started,
+        # A dropped connection is retried by the client's kernel after 1, 2,
+        # 4, 8 s: the stalls while opening.
+        "listen_overflows_while_opening": overflows,
         "rss_before_mib": rss0 / 1024,
         "rss_after_mib": rss1 / 1024,
         "kib_per_stream": (rss1 - rss0) / max(live, 1),

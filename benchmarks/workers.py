@@ -136,7 +136,8 @@ def markdown(rows: list[dict[str, Any]], configs: list[str]) -> str:
             if ratio is not None:
                 text += f" ({ratio:.3g}x)"
             cells.append(text)
-        lines.append(f"| {row['figure']} (best peer: {row['best_peer']}) | " + " | ".join(cells))
+        label = f"{row['figure']} (best peer: {row['best_peer']})"
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
