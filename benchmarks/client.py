@@ -837,6 +837,44 @@ def _write_json(path: str, value: object) -> None:
     os.rename(path + ".tmp", path)  # whole, for the reader that waits for it
 
 
+def _open_scale(loop: Loop, job: dict[str, Any]) -> tuple[list[Conn], str | None]:
+    """Open the scale client's streams; stop at an error or when none opens for a while."""
+    count, path = job["streams"], job["path"]
+    deadline = time.monotonic() + job["open_timeout"]
+    conns: list[Conn] = []
+    failed = None
+    progress = [loop.settled, time.monotonic()]  # streams settled, and when that last grew
+
+    def stalled() -> bool:
+        if loop.settled != progress[0]:
+            progress[:] = [loop.settled, time.monotonic()]
+        return time.monotonic() - progress[1] > job["stall"]
+
+    while len(conns) < count and failed is None:
+        if len(conns) % 1000 == 0 and os.path.exists(job["stop_flag"]):
+            failed = "stopped by scale.py (memory)"
+            break
+        while loop.connecting >= job["in_flight"] and not stalled():
+            loop.run(lambda: loop.connecting < job["in_flight"], time.monotonic() + 0.5)
+        if stalled() or time.monotonic() > deadline:
+            failed = (
+                f"stalled: no stream opened for {job['stall']} s, {loop.connecting} "
+                f"waiting for a first byte, after {len(conns) - loop.connecting} opened"
+            )
+            break
+        try:
+            conns.append(loop.open(str(len(conns)), path))
+        except OSError as exc:
+            failed = f"opening stream {len(conns) + 1}: {exc}"
+        if len(conns) % 1000 == 0:
+            lost = sum(1 for c in conns if c.eof)
+            if lost:
+                failed = f"{lost} streams closed by the server while opening"
+    while loop.settled < len(conns) and not stalled():
+        loop.run(lambda: loop.settled >= len(conns), time.monotonic() + 0.5)
+    return conns, failed
+
+
 def scale(job: dict[str, Any]) -> dict[str, Any]:
     """One of the scale scenario's clients: many idle streams from one source address.
 
@@ -850,32 +888,8 @@ def scale(job: dict[str, Any]) -> dict[str, Any]:
     latency. Closes everything when ``done_flag`` appears.
     """
     loop = Loop(job["host"], job["port"], job.get("source"))
-    count, path = job["streams"], job["path"]
     start = time.monotonic()
-    deadline = start + job["open_timeout"]
-    conns: list[Conn] = []
-    failed = None
-    while len(conns) < count and failed is None:
-        if os.path.exists(job["stop_flag"]):
-            failed = "stopped by scale.py (memory)"
-            break
-        batch = min(1000, count - len(conns))
-        stalled = min(deadline, time.monotonic() + job["stall"])
-        try:
-            conns += loop.open_many(
-                batch, lambda _: path, in_flight=job["in_flight"], deadline=stalled
-            )
-        except OSError as exc:
-            failed = f"opening stream {len(conns) + 1}: {exc}"
-        if time.monotonic() > stalled:
-            failed = failed or (
-                f"stalled: {loop.connecting} streams without a first byte for {job['stall']} s "
-                f"after {len(conns) - loop.connecting} opened"
-            )
-        lost = sum(1 for c in conns if c.eof)
-        if lost:
-            failed = failed or f"{lost} streams closed by the server while opening"
-    loop.run(lambda: loop.settled >= len(conns), time.monotonic() + job["stall"])
+    conns, failed = _open_scale(loop, job)
     open_seconds = time.monotonic() - start
     live = [c for c in conns if c.events and not c.eof]
     for conn in conns:

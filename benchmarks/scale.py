@@ -184,6 +184,14 @@ def listen_overflows() -> int:
     return 0
 
 
+def open_fds(pid: int) -> int:
+    """How many descriptors process ``pid`` holds (a stream is one)."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0
+
+
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
@@ -303,6 +311,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         time.sleep(args.settle)
         pids = tree(server.process.pid)
         rss1, mem1 = rss_kib(pids), mem_available_kib()
+        fds = sorted(open_fds(pid) for pid in pids)
         cpu0, wall0 = cpu_seconds(pids), time.monotonic()
         time.sleep(args.window)
         cpu1, wall1 = cpu_seconds(pids), time.monotonic()
@@ -332,6 +341,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # A dropped connection is retried by the client's kernel after 1, 2,
         # 4, 8 s: the stalls while opening.
         "listen_overflows_while_opening": overflows,
+        "open_fds_per_process": fds,
         "rss_before_mib": rss0 / 1024,
         "rss_after_mib": rss1 / 1024,
         "kib_per_stream": (rss1 - rss0) / max(live, 1),
