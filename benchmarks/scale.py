@@ -364,6 +364,36 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def table(lines: list[dict[str, Any]]) -> str:
+    """The results of several runs as a markdown table, ratios to the best peer per figure."""
+    peers = [r for r in lines if r["server"] != "ours"]
+
+    def ratio(value: float, key: str, lower: bool) -> str:
+        values = [r[key] for r in peers if r.get(key) is not None]
+        if not values:
+            return ""
+        best = (min if lower else max)(values)
+        return f" ({value / best:.2g}x)" if best else ""
+
+    rows = [
+        "| server | workers | live streams | RSS per stream (KiB) | idle CPU per 10,000 "
+        "streams (% of a core) | time to open (s) | probe event received | stopped because |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for run in lines:
+        r = {**run, "cpu_per_10k": 1e4 * run["idle_cpu_pct"] / max(run["live"], 1)}
+        stops = "; ".join(r["stopped_because"][:2]) + (
+            " ..." if len(r["stopped_because"]) > 2 else ""
+        )
+        probe = r["publish_error"] or f"{r['probe_received']:,} of {r['live']:,}"
+        rows.append(
+            f"| {r['server']} | {r['workers']} | {r['live']:,}{ratio(r['live'], 'live', False)} "
+            f"| {r['kib_per_stream']:.1f}{ratio(r['kib_per_stream'], 'kib_per_stream', True)} "
+            f"| {r['cpu_per_10k']:.2f} | {r['open_seconds']:.0f} | {probe} | {stops or '-'} |"
+        )
+    return "\n".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--server", choices=sorted(PATHS), default="ours")
@@ -379,7 +409,11 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=20, help="idle CPU window, s")
     parser.add_argument("--min-free-gib", type=float, default=3)
     parser.add_argument("--out", type=Path, help="append the result (JSON line) to this file")
+    parser.add_argument("--table", type=Path, help="print the runs of this file as a table")
     args = parser.parse_args()
+    if args.table:
+        print(table([json.loads(line) for line in args.table.read_text().splitlines()]))
+        return
     servers.raise_fd_limit()
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     result = run(args)
