@@ -415,10 +415,21 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def read_cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    # utime and stime are fields 14 and 15 of stat(5); the split starts at field 3.
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    """The CPU time, user and system, that process ``pid`` has used so far.
+
+    Read from the process's CPU-time clock (Linux: ``clock_gettime`` on the
+    clock id made from the pid, nanoseconds), not from ``utime`` and
+    ``stime`` in ``/proc``, which count ticks of 10 ms: 0.05 % of a core
+    over 20 s, a whole step between two idle figures, is one tick.
+    """
+    try:
+        # MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED) of linux/posix-timers.h.
+        return time.clock_gettime(((~pid) << 3) | 2)
+    except OSError:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        # utime and stime are fields 14 and 15 of stat(5); the split starts at field 3.
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 # The scenarios. Each takes the job and returns a JSON-able result.

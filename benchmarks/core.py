@@ -595,7 +595,7 @@ def scenario_idle(settings: Settings) -> dict[str, Any]:
             "worker's RSS (VmRSS of the serving process: gunicorn's worker, uvicorn's "
             f"process) read before and after each stage ({', '.join(map(str, settings.s1_sizes))}"
             " streams in all), every stream proven live by a probe event; then the "
-            f"worker's utime+stime over {window:g} s with all {largest:,} streams idle. "
+            f"worker's CPU time over {window:g} s with all {largest:,} streams idle. "
             "Heartbeats on where the server has them: ours 15 s (the default), "
             "sse-starlette and FastAPI 15 s (their default pings); the naive view and "
             "flask-sse send none. "

@@ -37,13 +37,13 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from client import read_cpu_seconds
 from servers import HOST, Redis, free_port, raise_fd_limit
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "presence.json"
 BATCH = 500
 SETTLE = 10.0
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def children(pid: int) -> list[int]:
@@ -63,11 +63,7 @@ def rss_kib(pids: list[int]) -> int:
 
 
 def cpu_s(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / TICKS
+    return sum(read_cpu_seconds(pid) for pid in pids)
 
 
 def redis_info(port: int) -> dict[str, float]:

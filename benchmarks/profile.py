@@ -166,7 +166,7 @@ def profile_load(args: argparse.Namespace) -> None:
         f"py-spy record, {args.seconds:g} s at 500 Hz, server {spec.name} ({spec.command()})",
         f"client figures: {json.dumps(figures)}",
         "Shares are of py-spy's samples (a gevent hub waiting in epoll counts as busy); "
-        "the CPU figure is the server's utime+stime over the phase.",
+        "the CPU figure is the server's CPU time (user + system) over the phase.",
     ]
     if cpu and deliveries:
         header.append(

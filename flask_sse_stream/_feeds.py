@@ -29,7 +29,7 @@ import gevent
 from gevent.hub import Waiter
 
 from ._broker import Subscription
-from ._core import State
+from ._core import IDLE, PENDING
 from ._transport import Interrupted, Transport
 
 if TYPE_CHECKING:
@@ -64,12 +64,14 @@ class Producer:
     Make it, and call it, inside :meth:`EventStream.run`.
     """
 
-    __slots__ = ("_encode", "_items", "_stream", "ended")
+    __slots__ = ("_stream", "encode", "ended", "items")
 
     def __init__(self, stream: EventStream) -> None:
         self._stream = stream
-        self._encode = stream.encode
-        self._items = stream.begin_producing()
+        self.encode = stream.encode
+        """Turns an item into its frame."""
+        self.items = stream.begin_producing()
+        """The view's generator (its iterator): ``encode(next(items))`` is the next frame."""
         self.ended = False
 
     def next_frame(self) -> bytes | None:
@@ -78,24 +80,33 @@ class Producer:
         :raises gevent.GreenletExit: where the producer was stopped (cleaned
             up too; whoever stopped it has set the reason).
         """
-        stream = self._stream
         try:
-            return self._encode(next(self._items))
-        except StopIteration:
-            stream.core.finished()
-        except gevent.GreenletExit:
-            self.close()
-            raise
-        except Exception as error:
-            stream.producer_failed(error)
+            return self.encode(next(self.items))
+        except BaseException as error:
+            self.settle(error)
         self.close()
         return None
+
+    def settle(self, error: BaseException) -> None:
+        """Tell the stream how ``encode(next(items))`` ended: returned or raised.
+
+        Re-raises, after the cleanup, what stopped the producer from outside
+        (:class:`gevent.GreenletExit`) and what is not an ``Exception``.
+        """
+        if isinstance(error, StopIteration):
+            self._stream.core.finished()
+        elif isinstance(error, Exception):
+            self._stream.producer_failed(error)
+        else:
+            if isinstance(error, gevent.GreenletExit):
+                self.close()
+            raise error
 
     def close(self) -> None:
         """Close the view's generator now (its ``finally`` runs), then the cleanup."""
         if not self.ended:
             self.ended = True
-            self._stream.end_producing(self._items)
+            self._stream.end_producing(self.items)
 
 
 class SubscriptionFeed:
@@ -148,9 +159,9 @@ class SubscriptionFeed:
         # The sink, in the hub: False makes the subscription wake the handler.
         stream = self._stream
         core = self._core
-        if core.state is not State.IDLE or not stream.parked:
+        if core.state is not IDLE or not stream.parked:
             return False
-        return self._take() and stream.flush_beside() and core.state is State.IDLE
+        return self._take() and stream.flush_beside() and core.state is IDLE
 
     def wake(self) -> None:
         self._sub.interrupt()
@@ -270,28 +281,32 @@ class InlineFeed:
             gevent.sleep(0)
         if producer is None or core.reason is not None or core.full:
             return
-        next_frame, item = producer.next_frame, core.item
-        while True:
-            if core.state is State.PENDING and not self._flushing:
-                # Runs only if the producer waits: then what it made goes out.
-                self._flushing = True
-                stream.hub.loop.run_callback(self._flush)
-            stream.parked = True
-            try:
-                frame = next_frame()
-            except Interrupted:
-                frame = None  # stopped, and cleaned up
-            finally:
+        # The loop runs once per item of a producer that never waits: it
+        # calls the producer itself and leaves its ends to Producer.settle.
+        items, encode, item = producer.items, producer.encode, core.item
+        try:
+            while True:
+                if not self._flushing and core.state is PENDING:
+                    # Runs only if the producer waits: then what it made goes out.
+                    self._flushing = True
+                    stream.hub.loop.run_callback(self._flush)
+                stream.parked = True
+                frame = encode(next(items))
                 stream.parked = False
-            if frame is None:
-                self._producer = None
-                self._done = True
-                return
-            if item(frame):
-                self._yield = True  # full: the handler writes it
-                return
-            if core.reason is not None:
-                return
+                if item(frame):
+                    self._yield = True  # full: the handler writes it
+                    return
+                if core.reason is not None:
+                    return
+        except Interrupted:
+            pass  # stopped: whoever stopped it set the reason
+        except BaseException as error:
+            stream.parked = False
+            producer.settle(error)  # raises what is not the producer's end
+        stream.parked = False
+        producer.close()
+        self._producer = None
+        self._done = True
 
     def _flush(self) -> None:
         self._flushing = False

@@ -49,7 +49,18 @@ from . import _heartbeat
 from ._broker import Subscription
 from ._cancel import SocketWatch, peer_closed
 from ._compress import Compressor
-from ._core import HEARTBEAT, CloseReason, State, StreamCore, TurnKind
+from ._core import (
+    CLOSED,
+    HEARTBEAT,
+    IDLE,
+    NEW,
+    PENDING,
+    RAW,
+    WAIT,
+    WRITE,
+    CloseReason,
+    StreamCore,
+)
 from ._event import Event
 from ._feeds import Feed, GreenletFeed, InlineFeed, SubscriptionFeed
 from ._transport import Transport
@@ -233,7 +244,7 @@ class EventStream:
 
     def __next__(self) -> bytes:
         core = self._core
-        if core.state is State.NEW:
+        if core.state is NEW:
             return self._start()
         self.writing_since = 0.0
         feed = self._feed
@@ -245,12 +256,14 @@ class EventStream:
                 writer.join()  # it finishes a frame on the socket: nothing may overtake it
             if self._readable:
                 self._check_peer()
+            if core.state is PENDING and self._write_here():
+                continue
             # A turn in IDLE with a heartbeat owed writes the heartbeat
             # (compressed, it is no longer HEARTBEAT's bytes).
-            beat = core.beat_due and core.state is State.IDLE
+            beat = core.beat_due and core.state is IDLE
             turn = core.handler_turn()
             kind = turn.kind
-            if kind is TurnKind.WRITE:
+            if kind is WRITE:
                 feed.taken()
                 data = turn.data
                 if beat:
@@ -258,9 +271,9 @@ class EventStream:
                 self._out += len(data)
                 self.last_write = self.writing_since = time.monotonic()
                 return data
-            if kind is TurnKind.WAIT:
+            if kind is WAIT:
                 feed.wait()
-            elif kind is TurnKind.RAW:
+            elif kind is RAW:
                 self._send_rest()
             else:
                 raise StopIteration
@@ -378,7 +391,7 @@ class EventStream:
 
     def end(self, last: bytes = b"") -> None:
         """End the stream after what is made and ``last``; stop the producer."""
-        if self._core.state is not State.NEW:
+        if self._core.state is not NEW:
             self._stop_if(self._core.drain(last))
 
     def beat(self) -> None:
@@ -413,15 +426,39 @@ class EventStream:
         frame = self._core.take_beside()
         if frame is None:
             return False
+        if self._send_beside(transport, frame):
+            self._rest_owed()
+        return True
+
+    def _write_here(self) -> bool:
+        """Handler: write the pending frames beside the server, if it may; ``True`` if so.
+
+        Cheaper than handing them to the server, which copies each chunk
+        into its framing and asks the kernel for the socket's buffer size
+        on every write (docs/benchmarks.md, S3). A rest that did not fit is
+        written here too: the handler may wait for its own connection.
+        """
+        transport = self._transport
+        if transport is None or not transport.can_send(self._out):
+            return False
+        frame = self._core.take_beside()
+        if frame is None:
+            return False
+        assert self._feed is not None
+        self._feed.taken()
+        if self._send_beside(transport, frame):
+            self._send_rest()
+        return True
+
+    def _send_beside(self, transport: Transport, frame: bytes) -> bool:
+        """Send what fits of ``frame`` now; ``True`` if the rest is owed."""
         try:
             sent = transport.send(frame)
         except OSError:
             sent = 0  # the rest's write fails too, and ends the stream
         if sent:
             self.last_write = time.monotonic()
-        if self._core.sent(frame, sent):
-            self._rest_owed()
-        return True
+        return self._core.sent(frame, sent)
 
     def _rest_owed(self) -> None:
         if isinstance(self._feed, InlineFeed):
@@ -444,7 +481,7 @@ class EventStream:
     def close(self) -> None:
         """Release everything; the server calls this when the response ends."""
         core = self._core
-        if core.state is State.NEW:
+        if core.state is NEW:
             core.peer_closed()
             try:
                 self._close_source()  # never started, e.g. a HEAD request
@@ -455,7 +492,7 @@ class EventStream:
         if self._released:
             return  # closed already
         self._released = True
-        if core.reason is None or core.state is not State.CLOSED:
+        if core.reason is None or core.state is not CLOSED:
             # Neither producer nor stream ended it: the server gave up on a
             # write (broken pipe, timeout) or was stopped.
             if self._sock is not None and peer_closed(self._sock):

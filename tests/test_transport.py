@@ -255,3 +255,30 @@ def test_what_a_producer_makes_while_a_rest_is_on_its_way_follows_it_at_once(
         client_sock.close()
     handler.greenlet.join(5)
     assert handler.greenlet.dead
+
+
+def test_full_chunks_of_a_producer_that_never_waits_go_beside_the_server_whole_and_in_order(
+    pair: tuple[gevent.socket.socket, gevent.socket.socket],
+) -> None:
+    size, count = 10_000, 3 * 8  # three full buffers of 8: each only fits in part
+
+    def producer() -> Iterator[Event]:
+        for number in range(count):
+            yield Event(str(number) * size, id=str(number))
+
+    server, client_sock = pair
+    handler = Handler(server, producer(), buffer_size=8)
+    client = Client(client_sock)
+    try:
+        client.read_until(f"id: {count - 1}\n".encode() + b"data: ", timeout=5)
+        last = str(count - 1).encode() * size + b"\n\n"
+        client.read_until(last, timeout=5)
+    finally:
+        client_sock.close()
+    handler.greenlet.join(5)
+    assert handler.greenlet.dead
+    # The handler wrote them itself, beside the server (which wrote the
+    # preamble only), each frame whole and in order.
+    assert handler.writes == 1
+    expected = b"".join(Event(str(n) * size, id=str(n)).encode() for n in range(count))
+    assert bytes(client.body) == PREAMBLE + expected
