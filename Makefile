@@ -120,20 +120,22 @@ bench-quick: benchmarks/.venv/.installed
 	$(BIN)/python benchmarks/core.py --quick
 
 # The long scenarios of docs/benchmarks.md, apart from `bench`. bench-scale:
-# the most idle streams the machine holds (SCALE_STREAMS, 100,000), ours on
-# SCALE_WORKERS gunicorn workers of the shipped config, then each peer on
-# as many workers, as far as each goes (about 3 minutes a server); results
-# appended to benchmarks/results/scale.jsonl. bench-workers: fan-out on 1
-# and 2 workers with the Redis broker against the peers (about 4 minutes).
+# SCALE_STREAMS (100,000) idle streams on SCALE_WORKERS gunicorn workers of the
+# shipped config (ours) or uvicorn workers, ours and each peer, as far as each
+# goes (about 2-3 minutes a run; here 2 workers stop at the open-file limit,
+# about 40,000, and 6 hold 100,000); each run appended to
+# benchmarks/results/scale.jsonl (`benchmarks/scale.py --table FILE` prints them).
+# bench-workers: fan-out on 1 and 2 workers with the Redis broker against the
+# peers (about 5 minutes).
 SCALE_STREAMS ?= 100000
-SCALE_WORKERS ?= 2
-SCALE_SERVERS ?= ours starlette fastapi naive
+SCALE_WORKERS ?= 2 6
+SCALE_SERVERS ?= ours naive starlette fastapi
 
 bench-scale: benchmarks/.venv/.installed
-	@set -e; for server in $(SCALE_SERVERS); do \
-		$(BIN)/python benchmarks/scale.py --server $$server --workers $(SCALE_WORKERS) \
-			--streams $(SCALE_STREAMS) --out benchmarks/results/scale.jsonl; \
-	done
+	@set -e; for workers in $(SCALE_WORKERS); do for server in $(SCALE_SERVERS); do \
+		$(BIN)/python benchmarks/scale.py --server $$server --workers $$workers \
+			--streams $(SCALE_STREAMS) --stall 30 --out benchmarks/results/scale.jsonl; \
+	done; done
 
 bench-workers: benchmarks/.venv/.installed
 	$(BIN)/python benchmarks/workers.py --reach
