@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: run run-htmx run-llm run-datastar vendor test test-flask-next lint soak docs dist sdist-test bench bench-quick soak-failover clean
+.PHONY: run run-htmx run-llm run-datastar vendor test test-flask-next lint soak docs dist sdist-test bench bench-quick bench-scale bench-workers soak-failover clean
 
 # The project editable, with the `dev` dependency group of pyproject.toml
 # (test, lint and docs tools; groups need pip >= 25.1).
@@ -135,6 +135,27 @@ bench: benchmarks/.venv/.installed
 
 bench-quick: benchmarks/.venv/.installed
 	$(BIN)/python benchmarks/core.py --quick
+
+# The long scenarios of docs/benchmarks.md, apart from `bench`. bench-scale:
+# SCALE_STREAMS (100,000) idle streams on SCALE_WORKERS gunicorn workers of the
+# shipped config (ours) or uvicorn workers, ours and each peer, as far as each
+# goes (about 2-3 minutes a run; here 2 workers stop at the open-file limit,
+# about 40,000, and 6 hold 100,000); each run appended to
+# benchmarks/results/scale.jsonl (`benchmarks/scale.py --table FILE` prints them).
+# bench-workers: fan-out on 1 and 2 workers with the Redis broker against the
+# peers (about 5 minutes).
+SCALE_STREAMS ?= 100000
+SCALE_WORKERS ?= 2 6
+SCALE_SERVERS ?= ours naive starlette fastapi
+
+bench-scale: benchmarks/.venv/.installed
+	@set -e; for workers in $(SCALE_WORKERS); do for server in $(SCALE_SERVERS); do \
+		$(BIN)/python benchmarks/scale.py --server $$server --workers $$workers \
+			--streams $(SCALE_STREAMS) --stall 30 --out benchmarks/results/scale.jsonl; \
+	done; done
+
+bench-workers: benchmarks/.venv/.installed
+	$(BIN)/python benchmarks/workers.py --reach
 
 clean:
 	rm -rf $(VENV) $(NEXT_VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache build dist docs/_build

@@ -41,6 +41,7 @@ LABELS = {
     "ours-gunicorn-channels": "ours, channels (-k gevent)",
     "naive": "naive Flask view",
     "starlette": "sse-starlette",
+    "fastapi": "FastAPI (fastapi.sse)",
     "flask-sse": "flask-sse + Redis",
 }
 OURS_COLOUR = "#1f6fb4"

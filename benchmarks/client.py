@@ -203,9 +203,11 @@ class Conn:
 class Loop:
     """An epoll loop over many :class:`Conn`."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, source: str | None = None) -> None:
         self.host = host
         self.port = port
+        self.source = source
+        """A loopback address to connect from (past one address's ephemeral ports)."""
         self.selector = selectors.DefaultSelector()
         self.conns: list[Conn] = []
         self.connecting = 0  # sent, no first body byte yet
@@ -227,9 +229,15 @@ class Loop:
         sock.setblocking(False)
         conn.sock = sock
         conn.started_at = time.time()
-        err = sock.connect_ex((self.host, self.port))
-        if err not in (0, errno.EINPROGRESS):
-            raise OSError(err, f"connect: {errno.errorcode.get(err, err)}")
+        try:
+            if self.source is not None:
+                sock.bind((self.source, 0))
+            err = sock.connect_ex((self.host, self.port))
+            if err not in (0, errno.EINPROGRESS):
+                raise OSError(err, f"connect: {errno.errorcode.get(err, err)}")
+        except OSError:
+            sock.close()
+            raise
         self.selector.register(sock, selectors.EVENT_WRITE, conn)
         self.conns.append(conn)
         self.connecting += 1
@@ -262,7 +270,11 @@ class Loop:
             if err:
                 self._lost(conn)
                 return
-            sock.send(conn.request)  # a few hundred bytes: fits the empty buffer
+            try:
+                sock.send(conn.request)  # a few hundred bytes: fits the empty buffer
+            except OSError:  # reset by a server that is full
+                self._lost(conn)
+                return
             self.selector.modify(sock, selectors.EVENT_READ, conn)
             return
         try:
@@ -600,6 +612,8 @@ def ceiling(job: dict[str, Any]) -> dict[str, Any]:
 
 def _stamp(data: bytes) -> tuple[float, bytes] | None:
     """The publish time and tag of a stamped event (see payload.stamped), if it is one."""
+    if data[:1] == b'"':  # a JSON string (FastAPI's plain-str items): its text
+        data = data[1:-1]
     parts = data.split(b" ", 3)
     if len(parts) < 4:
         return None
@@ -607,6 +621,11 @@ def _stamp(data: bytes) -> tuple[float, bytes] | None:
         return float(parts[0]), parts[2]
     except ValueError:
         return None
+
+
+def _server_cpu(job: dict[str, Any]) -> float:
+    """CPU seconds of the server: its processes (``pids``, e.g. workers) or ``pid``."""
+    return sum(read_cpu_seconds(pid) for pid in job.get("pids") or [job["pid"]])
 
 
 def _cpu() -> float:
@@ -655,7 +674,7 @@ class Fanout:
         window, burst = job["window"], job["burst"]
         published = 0
         requests: list[Conn] = []
-        server0 = read_cpu_seconds(job["pid"])
+        server0 = _server_cpu(job)
         cpu0 = _cpu()
         start = time.monotonic()
         end = start + job["sat_seconds"]
@@ -689,7 +708,7 @@ class Fanout:
             "span_s": span,
             "delivered_per_s": delivered / span if delivered else 0.0,
             "client_cpu_pct": 100 * cpu / wall,
-            "server_cpu_pct": 100 * (read_cpu_seconds(job["pid"]) - server0) / wall,
+            "server_cpu_pct": 100 * (_server_cpu(job) - server0) / wall,
             "publish_requests": published // burst,
         }
 
@@ -699,7 +718,7 @@ class Fanout:
         events = int(rate * seconds)
         path = f"/bench/publish?count={events}&interval={1 / rate}&tag=l"
         answer = loop.open("steady", path, "POST")
-        server0 = read_cpu_seconds(job["pid"])
+        server0 = _server_cpu(job)
         cpu0, start = _cpu(), time.monotonic()
         loop.run(lambda: self.collect(every=0.02) >= events, start + seconds + job["drain_timeout"])
         self.collect()
@@ -716,7 +735,7 @@ class Fanout:
             "delivered": len(latencies),
             "expected": events * len(self.subs),
             "client_cpu_pct": 100 * cpu / wall,
-            "server_cpu_pct": 100 * (read_cpu_seconds(job["pid"]) - server0) / wall,
+            "server_cpu_pct": 100 * (_server_cpu(job) - server0) / wall,
             **summary_ms(latencies),
             "p999_ms": percentile([x * 1000 for x in latencies], 99.9),
         }
@@ -742,9 +761,18 @@ def fanout(job: dict[str, Any]) -> dict[str, Any]:
     # keep every connection in flight.
     subs = loop.open_many(count, lambda _: job["path"], in_flight=count, deadline=start + 120)
     # A stream may send nothing before its first event (flask-sse): wait
-    # for the server to count every subscriber instead of a first byte.
+    # for the server to count every subscriber instead of a first byte;
+    # with several workers, none counts them all: wait for a first event.
     deadline = time.monotonic() + 60
-    while True:
+    if job.get("ready") == "event":
+        if not loop.run(lambda: all(c.events or c.eof for c in subs), deadline) or any(
+            c.eof for c in subs
+        ):
+            loop.close_all()
+            raise RuntimeError("not every subscriber got its first event")
+        for conn in subs:
+            conn.events = []
+    while job.get("ready") != "event":
         loop.pause(0.05)
         counted = get_json(host, port, "/bench/subscribers")["subscribers"]
         if counted >= count:
@@ -776,7 +804,7 @@ def single(job: dict[str, Any]) -> dict[str, Any]:
     loop.pause(job["warmup"])
     conn.events = []
     cpu0, wall0 = _cpu(), time.monotonic()
-    server0 = read_cpu_seconds(job["pid"])
+    server0 = _server_cpu(job)
     first = last = -1
     gaps = events = 0
     end = wall0 + job["window"]
@@ -784,7 +812,7 @@ def single(job: dict[str, Any]) -> dict[str, Any]:
         loop.run(lambda: bool(conn.events), end)
         # Check the numbering as we go: memory stays flat however fast.
         for _, _, data in conn.events:
-            number = int(data[:8])
+            number = int(data[1:9] if data[:1] == b'"' else data[:8])
             if first < 0:
                 first = number
             elif number != last + 1:
@@ -801,8 +829,121 @@ def single(job: dict[str, Any]) -> dict[str, Any]:
         "gaps": gaps,
         "eof": conn.eof,
         "client_cpu_pct": 100 * cpu / wall,
-        "server_cpu_pct": 100 * (read_cpu_seconds(job["pid"]) - server0) / wall,
+        "server_cpu_pct": 100 * (_server_cpu(job) - server0) / wall,
     }
+
+
+def _wait_file(loop: Loop, path: str, deadline: float) -> bool:
+    """Keep reading the streams until ``path`` exists (a signal from scale.py)."""
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            return False
+        loop.pause(0.1)
+    return True
+
+
+def _write_json(path: str, value: object) -> None:
+    with open(path + ".tmp", "w") as out:
+        json.dump(value, out)
+    os.rename(path + ".tmp", path)  # whole, for the reader that waits for it
+
+
+def _open_scale(loop: Loop, job: dict[str, Any]) -> tuple[list[Conn], str | None]:
+    """Open the scale client's streams; stop at an error or when none opens for a while."""
+    count, path = job["streams"], job["path"]
+    deadline = time.monotonic() + job["open_timeout"]
+    conns: list[Conn] = []
+    failed = None
+    progress = [loop.settled, time.monotonic()]  # streams settled, and when that last grew
+
+    def stalled() -> bool:
+        if loop.settled != progress[0]:
+            progress[:] = [loop.settled, time.monotonic()]
+        return time.monotonic() - progress[1] > job["stall"]
+
+    while len(conns) < count and failed is None:
+        if len(conns) % 1000 == 0 and os.path.exists(job["stop_flag"]):
+            failed = "stopped by scale.py (memory)"
+            break
+        while loop.connecting >= job["in_flight"] and not stalled():
+            loop.run(lambda: loop.connecting < job["in_flight"], time.monotonic() + 0.5)
+        if stalled() or time.monotonic() > deadline:
+            failed = (
+                f"stalled: no stream opened for {job['stall']} s, {loop.connecting} "
+                f"waiting for a first byte, after {len(conns) - loop.connecting} opened"
+            )
+            break
+        try:
+            conns.append(loop.open(str(len(conns)), path))
+        except OSError as exc:
+            failed = f"opening stream {len(conns) + 1}: {exc}"
+        if len(conns) % 1000 == 0:
+            lost = sum(1 for c in conns if c.eof)
+            if lost:
+                failed = f"{lost} streams closed by the server while opening"
+    while loop.settled < len(conns) and not stalled():
+        loop.run(lambda: loop.settled >= len(conns), time.monotonic() + 0.5)
+    return conns, failed
+
+
+def scale(job: dict[str, Any]) -> dict[str, Any]:
+    """One of the scale scenario's clients: many idle streams from one source address.
+
+    Opens ``streams`` streams from ``source`` (at most ``in_flight`` without
+    a first byte), each proven live by its first event; stops opening early
+    at the first error (out of ports or descriptors, refused, reset) or when
+    the ``stop_flag`` file appears (scale.py watches the machine's memory).
+    Writes what it holds to ``opened_flag``, keeps reading through the idle
+    window, and once ``probe_flag`` exists (one event published to every
+    stream) counts the streams that got the event tagged ``p`` and its
+    latency. Closes everything when ``done_flag`` appears.
+    """
+    loop = Loop(job["host"], job["port"], job.get("source"))
+    start = time.monotonic()
+    conns, failed = _open_scale(loop, job)
+    open_seconds = time.monotonic() - start
+    live = [c for c in conns if c.events and not c.eof]
+    for conn in conns:
+        conn.events = []
+    opened = {"live": len(live), "attempted": len(conns), "open_seconds": open_seconds}
+    _write_json(job["opened_flag"], {**opened, "failed": failed})
+    comments0 = sum(c.sse.comments for c in live)
+    result: dict[str, Any] = {
+        "source": job.get("source"),
+        "attempted": len(conns),
+        "live": len(live),
+        "open_seconds": open_seconds,
+        "failed": failed,
+    }
+    if not _wait_file(loop, job["probe_flag"], time.monotonic() + job["hold_timeout"]):
+        result["failed"] = failed or "no probe signal"
+    else:
+        probe_deadline = time.monotonic() + job["probe_timeout"]
+        got: dict[int, float] = {}
+
+        def arrived() -> bool:
+            for i, conn in enumerate(live):
+                if i not in got and conn.events:
+                    for at, _, data in conn.events:
+                        stamp = _stamp(data)
+                        if stamp is not None and stamp[1] == b"p":
+                            got[i] = at - stamp[0]
+                            break
+                    conn.events = []
+            return len(got) >= len(live)
+
+        while not arrived() and time.monotonic() < probe_deadline:
+            loop.pause(0.05)
+        result.update(
+            probe_received=len(got),
+            probe_latency=summary_ms(list(got.values())),
+            still_open=sum(1 for c in live if not c.eof),
+            heartbeats=sum(c.sse.comments for c in live) - comments0,
+        )
+    _write_json(job["result_file"], result)
+    _wait_file(loop, job["done_flag"], time.monotonic() + job["hold_timeout"])
+    loop.close_all()
+    return result
 
 
 SCENARIOS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
@@ -812,6 +953,7 @@ SCENARIOS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "idle": idle,
     "fanout": fanout,
     "single": single,
+    "scale": scale,
 }
 
 

@@ -24,6 +24,7 @@ is the figure to trust).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import http.client
 import json
 import os
@@ -124,15 +125,24 @@ QUICK = Settings(
 )
 OURS = ("ours", "ours-worker", "ours-gunicorn")
 """Our runner, gunicorn with our worker class, plain gunicorn -k gevent."""
-PEERS = ("naive", "starlette", "flask-sse")
+PEERS = ("naive", "starlette", "fastapi", "flask-sse")
 STREAM_SERVERS = OURS + PEERS
 FANOUT_SERVERS = (*OURS, "ours-redis", "ours-worker-redis", "ours-gunicorn-redis", *PEERS)
 SKIPPED: dict[str, str] = {}
 """Servers that could not run here, and why (reported with the results)."""
 
 
+SELECTED: tuple[str, ...] = ()
+"""``--servers``: run only these (a variant such as ``fastapi-str`` where its base runs)."""
+
+
 def runnable(names: Iterable[str]) -> tuple[str, ...]:
     """The servers of ``names`` that can run here; the others go to :data:`SKIPPED`."""
+    names = tuple(names)
+    if SELECTED:
+        names = tuple(
+            n for n in SELECTED if n in names or any(n.startswith(f"{m}-") for m in names)
+        )
     ok = []
     for name in names:
         why = SERVERS[name].missing()
@@ -563,8 +573,8 @@ def scenario_idle(settings: Settings) -> dict[str, Any]:
             f"idle CPU at {largest:,} over {window:g} s",
             "% of a core",
             pick("cpu_pct"),
-            # Only the peer that heartbeats (sse-starlette, 15 s ping) compares.
-            peers=("starlette",),
+            # Only the peers that heartbeat (15 s pings) compare.
+            peers=("starlette", "fastapi"),
         ),
         Metric(
             "heartbeats",
@@ -587,7 +597,8 @@ def scenario_idle(settings: Settings) -> dict[str, Any]:
             " streams in all), every stream proven live by a probe event; then the "
             f"worker's CPU time over {window:g} s with all {largest:,} streams idle. "
             "Heartbeats on where the server has them: ours 15 s (the default), "
-            "sse-starlette 15 s (its default ping); the naive view and flask-sse send none. "
+            "sse-starlette and FastAPI 15 s (their default pings); the naive view and "
+            "flask-sse send none. "
             "Servers overlap: the next one opens its streams while the previous one idles."
         ),
         "params": {"sizes": list(settings.s1_sizes), "window_s": window},
@@ -696,7 +707,7 @@ def scenario_fanout(settings: Settings) -> dict[str, Any]:
         "what": (
             f"{count:,} subscribers of one channel (ours: the channels blueprint "
             "/events?channel=bench and sse.publish; flask-sse: its own /stream view and "
-            "sse.publish through Redis; the naive view and sse-starlette: a queue per "
+            "sse.publish through Redis; the naive view, sse-starlette and FastAPI: a queue per "
             "subscriber that the publisher puts each event into). Latency phase: the "
             f"server publishes {settings.s2_rate:g} events/s for {settings.s2_lat_seconds:g} s "
             "on its own schedule (open loop, a background greenlet or task); latency = "
@@ -777,6 +788,7 @@ def scenario_single(settings: Settings) -> dict[str, Any]:
             "A producer that yields numbered 43-character strings (51 bytes on the wire) "
             "in a loop, as users write it for each stack (ours: @sse.stream; naive: a "
             "generator framed by hand; sse-starlette: an async generator of dicts; "
+            "FastAPI: an async generator of ServerSentEvent(raw_data=...); "
             "flask-sse: a greenlet calling sse.publish on the stream's channel as fast as "
             f"it returns). The client reads {settings.s3_window:g} s after a "
             f"{settings.s3_warmup:g} s warm-up and checks the numbering."
@@ -1082,7 +1094,17 @@ def peer_versions() -> dict[str, str]:
     python = servers.PEERS_BIN / "python"
     if not python.exists():
         return {}
-    names = ["sse-starlette", "starlette", "uvicorn", "uvloop", "httptools", "flask-sse", "redis"]
+    names = [
+        "sse-starlette",
+        "fastapi",
+        "pydantic",
+        "starlette",
+        "uvicorn",
+        "uvloop",
+        "httptools",
+        "flask-sse",
+        "redis",
+    ]
     code = (
         "import json, sys\nfrom importlib import metadata\n"
         "print(json.dumps({n: metadata.version(n) for n in sys.argv[1:]}))"
@@ -1144,7 +1166,7 @@ def measure(settings: Settings, wanted: Callable[[str], bool]) -> list[dict[str,
 ORDER = ("C0", "S1", "S2", "S3", "S4", "S5", "HB", "MEM")
 
 
-def main(argv: list[str] | None = None) -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, < 2 minutes")
     parser.add_argument(
@@ -1152,6 +1174,12 @@ def main(argv: list[str] | None = None) -> None:
         default="",
         help="comma-separated: C0,S1,S2,S3,S4,S5 (default: all); HB, MEM only on request",
     )
+    parser.add_argument(
+        "--servers",
+        default="",
+        help="comma-separated server names (servers.py) to run, e.g. starlette,fastapi,fastapi-str",
+    )
+    parser.add_argument("--reps", type=int, help="repetitions (default: 3, --quick 1)")
     parser.add_argument("--setup", action="store_true", help="make the peers' venv and stop")
     parser.add_argument("--render", action="store_true", help="rebuild doc and chart from JSON")
     parser.add_argument("--out", type=Path, help="JSON output path")
@@ -1160,6 +1188,11 @@ def main(argv: list[str] | None = None) -> None:
         help="measure the library and apps of this git commit (e.g. HEAD) instead of "
         "the working tree, which others may be editing",
     )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.setup:
         setup()
@@ -1178,6 +1211,13 @@ def main(argv: list[str] | None = None) -> None:
         export(args.ref, Path(snapshot.name))
         servers.use_source(Path(snapshot.name))
     settings = QUICK if args.quick else FULL
+    if args.reps:
+        settings = dataclasses.replace(settings, reps=args.reps)
+    global SELECTED
+    SELECTED = tuple(n.strip() for n in args.servers.split(",") if n.strip())
+    unknown = [n for n in SELECTED if n not in SERVERS]
+    if unknown:
+        parser.error(f"unknown servers {unknown}; see benchmarks/servers.py")
     only = {s.strip().upper() for s in args.only.split(",") if s.strip()}
 
     def wanted(scenario: str) -> bool:

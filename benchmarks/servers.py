@@ -312,6 +312,26 @@ SERVERS: dict[str, ServerSpec] = {
             peer_env=True,
         ),
         ServerSpec(
+            "fastapi",
+            "FastAPI native SSE (fastapi.sse), uvicorn (uvloop, httptools)",
+            False,
+            _uvicorn("benchmarks.peer_fastapi:app"),
+            True,
+            peer_env=True,
+        ),
+        *(
+            ServerSpec(
+                f"fastapi-{items}",
+                f"FastAPI native SSE, items as BENCH_FASTAPI_ITEMS={items} (see peer_fastapi.py)",
+                False,
+                _uvicorn("benchmarks.peer_fastapi:app"),
+                True,
+                peer_env=True,
+                env=(("BENCH_FASTAPI_ITEMS", items),),
+            )
+            for items in ("str", "sync")
+        ),
+        ServerSpec(
             "flask-sse",
             "flask-sse + Redis, gunicorn -k gevent",
             False,
