@@ -76,23 +76,11 @@ def job_for(scenario: str, server: Server, settings: core.Settings, flag: str) -
     """The load client's job of ``core.py``'s scenario, against ``server``."""
     if scenario == "s1":
         return core._idle_job(server, settings, flag)
-    if scenario == "s5":
-        return core._ttfb_job(server, settings)
-    base = {"host": "127.0.0.1", "port": server.port, "pid": server.pid}
+    if scenario == "s2":
+        return core._fanout_job(server, settings)
     if scenario == "s3":
-        return {**base, "scenario": "single", "warmup": 1.0, "window": settings.s3_window}
-    return {
-        **base,
-        "scenario": "fanout",
-        "path": server.spec.fanout_path,
-        "subscribers": settings.s2_subscribers,
-        "sat_seconds": settings.s2_sat_seconds,
-        "window": settings.s2_window,
-        "burst": settings.s2_burst,
-        "rate": settings.s2_rate,
-        "lat_seconds": settings.s2_lat_seconds,
-        "drain_timeout": settings.s2_drain,
-    }
+        return core._single_job(server, settings)
+    return core._ttfb_job(server, settings)
 
 
 def main() -> None:

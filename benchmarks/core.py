@@ -611,6 +611,23 @@ def scenario_idle(settings: Settings) -> dict[str, Any]:
     }
 
 
+def _fanout_job(server: Server, settings: Settings) -> dict[str, Any]:
+    return {
+        "scenario": "fanout",
+        "host": "127.0.0.1",
+        "port": server.port,
+        "pid": server.pid,
+        "path": server.spec.fanout_path,
+        "subscribers": settings.s2_subscribers,
+        "sat_seconds": settings.s2_sat_seconds,
+        "window": settings.s2_window,
+        "burst": settings.s2_burst,
+        "rate": settings.s2_rate,
+        "lat_seconds": settings.s2_lat_seconds,
+        "drain_timeout": settings.s2_drain,
+    }
+
+
 def scenario_fanout(settings: Settings) -> dict[str, Any]:
     """S2: one channel, many subscribers: saturation throughput and steady latency."""
     names = runnable(FANOUT_SERVERS)
@@ -620,21 +637,7 @@ def scenario_fanout(settings: Settings) -> dict[str, Any]:
     try:
         for rep in range(settings.reps):
             for server in servers:
-                job = {
-                    "scenario": "fanout",
-                    "host": "127.0.0.1",
-                    "port": server.port,
-                    "pid": server.pid,
-                    "path": server.spec.fanout_path,
-                    "subscribers": count,
-                    "sat_seconds": settings.s2_sat_seconds,
-                    "window": settings.s2_window,
-                    "burst": settings.s2_burst,
-                    "rate": settings.s2_rate,
-                    "lat_seconds": settings.s2_lat_seconds,
-                    "drain_timeout": settings.s2_drain,
-                }
-                result = run_client(job, timeout=300)
+                result = run_client(_fanout_job(server, settings), timeout=300)
                 if not server.alive():
                     raise RuntimeError(f"{server.spec.name} died:\n{server.log()}")
                 sat, lat = result["sat"][0], result["lat"][0]
@@ -732,6 +735,17 @@ def scenario_fanout(settings: Settings) -> dict[str, Any]:
     }
 
 
+def _single_job(server: Server, settings: Settings) -> dict[str, Any]:
+    return {
+        "scenario": "single",
+        "host": "127.0.0.1",
+        "port": server.port,
+        "pid": server.pid,
+        "warmup": settings.s3_warmup,
+        "window": settings.s3_window,
+    }
+
+
 def scenario_single(settings: Settings) -> dict[str, Any]:
     """S3: one stream, ~50-byte events as fast as the server sends them."""
     names = runnable(STREAM_SERVERS)
@@ -743,15 +757,7 @@ def scenario_single(settings: Settings) -> dict[str, Any]:
             for server in servers:
                 if server.spec.name in failures:
                     continue
-                job = {
-                    "scenario": "single",
-                    "host": "127.0.0.1",
-                    "port": server.port,
-                    "pid": server.pid,
-                    "warmup": settings.s3_warmup,
-                    "window": settings.s3_window,
-                }
-                result = run_client(job, timeout=60)
+                result = run_client(_single_job(server, settings), timeout=60)
                 log(
                     f"S3 rep {rep + 1} {server.spec.name}: {result['events_per_s']:,.0f}/s "
                     f"(server {result['server_cpu_pct']:.0f} %, "
