@@ -39,14 +39,15 @@ class Transport:
     Made by the handler, in the handler's greenlet, once per request.
     """
 
-    __slots__ = ("_chunked", "_fd", "_greenlet", "_written", "closing", "socket")
+    __slots__ = ("_fd", "_greenlet", "_written", "closing", "socket")
 
     def __init__(self, sock: GeventSocket) -> None:
         self.socket = sock
         """The client socket (watched for a disconnect)."""
         self._greenlet = gevent.getcurrent()
-        self._chunked = False
         self._written = 0
+        # The descriptor sent on beside the handler: >= 0 only while a chunked
+        # response on gevent's plain, non-blocking socket allows it.
         self._fd = -1
         self.closing = False
         """Whether the connection must close after this response (the stream says so)."""
@@ -64,7 +65,6 @@ class Transport:
             # wait with the whole process: then nothing goes beside.
             if fd >= 0 and not os.get_blocking(fd):
                 self._fd = fd
-        self._chunked = self._fd >= 0
         self._written = 0
 
     def body_written(self, count: int) -> None:
@@ -76,7 +76,6 @@ class Transport:
 
         The handler must call this when it is done with the request.
         """
-        self._chunked = False
         self._fd = -1
 
     # The stream's side.
@@ -87,7 +86,7 @@ class Transport:
         :param body_bytes: how many body bytes the stream has returned to
             the server; the handler must have written exactly those.
         """
-        return self._chunked and body_bytes > 0 and self._written == body_bytes
+        return self._fd >= 0 and body_bytes > 0 and self._written == body_bytes
 
     def send(self, frame: bytes) -> int:
         """Send what fits of ``frame`` without waiting; return how many bytes went.
