@@ -129,35 +129,21 @@ def _redis(
     slow: SlowConsumer,
     history_ttl: float | None,
 ) -> Broker:
+    """One Redis, or a Sentinel group's primary (the ``sentinel`` kind)."""
     from flask_sse_stream._broker.redis import RedisBroker
 
-    server: RedisServer = request.getfixturevalue("redis_server")
+    if request.param == "sentinel":
+        group: SentinelGroup = request.getfixturevalue("sentinel_group")
+        url = group.url()
+    else:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        url = server.url
     return RedisBroker(
-        server.url,
+        url,
         history_size=history_size,
         queue_size=queue_size,
         history_ttl=history_ttl,
         key_prefix=f"test-{uuid.uuid4().hex[:12]}:",
-        slow_consumer=slow,
-    )
-
-
-def _sentinel(
-    request: pytest.FixtureRequest,
-    history_size: int,
-    queue_size: int,
-    slow: SlowConsumer,
-    history_ttl: float | None,
-) -> Broker:
-    from flask_sse_stream._broker.redis import RedisBroker
-
-    group: SentinelGroup = request.getfixturevalue("sentinel_group")
-    return RedisBroker(
-        group.url(),
-        history_size=history_size,
-        queue_size=queue_size,
-        key_prefix=f"test-{uuid.uuid4().hex[:12]}:",
-        history_ttl=history_ttl,
         slow_consumer=slow,
     )
 
@@ -188,7 +174,7 @@ _FACTORIES: dict[
 ] = {
     "memory": _memory,
     "redis": _redis,
-    "sentinel": _sentinel,
+    "sentinel": _redis,
     "cluster": _cluster,
 }
 REDIS_KINDS = frozenset({"redis", "sentinel", "cluster"})
