@@ -16,7 +16,7 @@ import pytest
 from e2e.helpers import RawClient, Server, wait_for
 
 from .haproxy import HAProxyFactory
-from .test_nginx import arrival_delays, summary
+from .test_nginx import arrival_delays, quiet_stream, summary
 
 pytestmark = [pytest.mark.e2e, pytest.mark.proxy, pytest.mark.timeout(40)]
 
@@ -27,18 +27,10 @@ def test_a_1s_heartbeat_keeps_a_stream_open_through_10s_of_quiet_under_3s_timeou
     haproxy_factory: HAProxyFactory, app_server: Server
 ) -> None:
     haproxy = haproxy_factory(set_directives=SHORT_TIMEOUTS)
-    arrived: dict[str, float] = {}
-    with RawClient(haproxy.port) as client:
-        client.request(f"/quiet?quiet=10&token={uuid.uuid4().hex}")
-        assert client.response().status_code == 200
-        # Each chunk within 3 s, or HAProxy would have cut the stream.
-        while client.chunk(timeout=3) is not None:
-            for event in client.events:
-                arrived.setdefault(event.data, time.monotonic())
-    quiet = arrived["after"] - arrived["before"]
-    heartbeats = client.body.count(b":\n")
+    # Each chunk within 3 s, or HAProxy would have cut the stream.
+    events, quiet, heartbeats = quiet_stream(haproxy.port, f"quiet=10&token={uuid.uuid4().hex}")
     print(f"quiet period {quiet:.2f} s behind HAProxy's 3 s timeouts: {heartbeats} heartbeats")
-    assert [event.data for event in client.events] == ["before", "after"]
+    assert events == ["before", "after"]
     assert quiet >= 9.9  # "after" is produced 10 s after "before"
     assert heartbeats >= 9
 

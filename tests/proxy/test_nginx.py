@@ -69,6 +69,24 @@ def arrival_delays(port: int, target: str) -> list[float]:
     return delays
 
 
+def quiet_stream(port: int, query: str) -> tuple[list[str], float, int]:
+    """Read ``/quiet?<query>`` through the proxy at ``port`` until it ends.
+
+    Every chunk must come within 3 s (the tests' proxy timeouts). Returns the
+    events' data, the seconds between the "before" and "after" events, and
+    the heartbeats received.
+    """
+    arrived: dict[str, float] = {}
+    with RawClient(port) as client:
+        client.request(f"/quiet?{query}")
+        assert client.response().status_code == 200
+        while client.chunk(timeout=3) is not None:
+            for event in client.events:
+                arrived.setdefault(event.data, time.monotonic())
+    quiet = arrived["after"] - arrived["before"]
+    return [event.data for event in client.events], quiet, client.body.count(b":\n")
+
+
 def summary(delays: list[float]) -> str:
     ordered = sorted(delays)
     median = ordered[len(ordered) // 2]
@@ -109,18 +127,9 @@ def test_a_1s_heartbeat_keeps_a_stream_open_through_10s_of_quiet_under_a_3s_read
 ) -> None:
     nginx = nginx_factory(set_directives=SHORT_READ_TIMEOUT)
     query = f"quiet=10&token={uuid.uuid4().hex}"
-    arrived: dict[str, float] = {}
-    with RawClient(nginx.port) as client:
-        client.request(f"/quiet?{query}")
-        assert client.response().status_code == 200
-        # Each chunk within 3 s, or nginx would have cut the stream.
-        while client.chunk(timeout=3) is not None:
-            for event in client.events:
-                arrived.setdefault(event.data, time.monotonic())
-    quiet = arrived["after"] - arrived["before"]
-    heartbeats = client.body.count(b":\n")
+    events, quiet, heartbeats = quiet_stream(nginx.port, query)
     print(f"quiet period {quiet:.2f} s behind proxy_read_timeout 3s: {heartbeats} heartbeats")
-    assert [event.data for event in client.events] == ["before", "after"]
+    assert events == ["before", "after"]
     # gevent's sleep counts from the loop's cached clock, read before "before"
     # went out, so the 10 s can end a few ms early by this process's clock
     # (seen: 9.997 s, twice in three runs).
