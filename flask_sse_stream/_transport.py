@@ -14,7 +14,7 @@ body bytes it was given, after it wrote them); the stream may then send a
 chunk on the socket itself while the handler waits inside the stream, but
 only while the server has written exactly the bytes the stream returned
 (a middleware that changed the body would change that count), over a
-plain gevent socket (not TLS).
+plain gevent socket (not TLS) whose descriptor is non-blocking.
 """
 
 from __future__ import annotations
