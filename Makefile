@@ -130,8 +130,11 @@ benchmarks/.venv/.installed: benchmarks/requirements-peers.txt | $(BIN)/.install
 	$(BIN)/python benchmarks/core.py --setup
 	touch $@
 
+# `make bench BENCH_LONG=1` runs the long scenarios too (bench-scale and
+# bench-workers below, about 30 minutes more).
 bench: benchmarks/.venv/.installed
 	$(BIN)/python benchmarks/core.py --ref HEAD
+	@if [ -n "$(BENCH_LONG)" ]; then $(MAKE) --no-print-directory bench-scale bench-workers; fi
 
 bench-quick: benchmarks/.venv/.installed
 	$(BIN)/python benchmarks/core.py --quick

@@ -25,6 +25,7 @@ runs each request in a thread with its own gevent hub.
 
 from __future__ import annotations
 
+import math
 import time
 import weakref
 from typing import Protocol
@@ -41,7 +42,7 @@ class Beatable(Protocol):
     last_write: float
     """When the stream last wrote (``time.monotonic()``)."""
     writing_since: float
-    """When the server began the write it is doing now, or 0."""
+    """When the server began the write it is doing now (never before ``last_write``), or 0."""
     beat_after: float | None
     """Seconds of silence after which it gets a heartbeat; ``None``: never."""
     write_timeout: float | None
@@ -65,7 +66,12 @@ class _Loop:
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
-        self.streams: set[Beatable] = set()
+        # Each stream with the silence after which it needs a look: the
+        # shorter of its heartbeat and write timeout. One read of the stream
+        # (its last write) per stream per scan, as in a loop of heartbeats
+        # alone: at 10,000 streams a scan is bound by cache misses, one per
+        # attribute of the stream it reads (docs/benchmarks.md, S1).
+        self.streams: dict[Beatable, float] = {}
         self.greenlet: gevent.Greenlet[[], None] | None = None
 
     def run(self) -> None:
@@ -82,7 +88,12 @@ class _Loop:
             if now > tick + period:
                 tick = now  # fell behind (a long-blocked hub): no burst of scans
             gevent.sleep(max(0.0, tick - now))
-            for stream in self.streams:
+            for stream, silence in self.streams.items():
+                # A write under way began after the last one ended, so a
+                # stream that wrote within `silence` needs neither a beat nor
+                # a write-timeout check.
+                if tick - stream.last_write < silence:
+                    continue
                 since = stream.writing_since
                 if since:
                     timeout = stream.write_timeout
@@ -105,7 +116,8 @@ class Heartbeat:
         loop = self._loops.get(interval)
         if loop is None:
             loop = self._loops[interval] = _Loop(interval)
-        loop.streams.add(stream)
+        silences = [x for x in (stream.beat_after, stream.write_timeout) if x is not None]
+        loop.streams[stream] = min(silences, default=math.inf)
         if loop.greenlet is None:
             loop.greenlet = gevent.spawn(loop.run)
 
@@ -113,7 +125,7 @@ class Heartbeat:
         """Stop beating ``stream``; the last stream of a loop ends the loop."""
         loop = self._loops.get(interval)
         if loop is not None:
-            loop.streams.discard(stream)
+            loop.streams.pop(stream, None)
             if not loop.streams:
                 del self._loops[interval]
                 if loop.greenlet is not None:
