@@ -53,6 +53,7 @@ FIGURES: dict[str, list[Figure]] = {
             lambda r: r["stages"][max(r["stages"], key=int)]["kib_per_stream"],
         ),
         ("idle CPU (% of a core)", lambda r: r["cpu_pct"]),
+        ("heartbeats per stream in the window", lambda r: r["heartbeats_in_window"] / r["streams"]),
         ("time to open (s)", lambda r: r["open_seconds"]),
     ],
     "s2": [

@@ -143,7 +143,8 @@ def add_admin_routes(blueprint: Blueprint, sse: SSE) -> None:
     @blueprint.before_app_request
     def _start_putting() -> None:
         # Each worker, from its first request, so every worker is on the page.
-        if os.getpid() in putting or not sse.config.admin or sse.config.broker_url is None:
+        # The configuration first: os.getpid() is a system call, per request.
+        if not sse.config.admin or sse.config.broker_url is None or os.getpid() in putting:
             return
         putting.add(os.getpid())
         app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
