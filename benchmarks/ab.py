@@ -55,6 +55,7 @@ FIGURES: dict[str, list[Figure]] = {
         ("idle CPU (% of a core)", lambda r: r["cpu_pct"]),
         ("heartbeats per stream in the window", lambda r: r["heartbeats_in_window"] / r["streams"]),
         ("time to open (s)", lambda r: r["open_seconds"]),
+        ("server CPU per stream opened (us)", lambda r: r["open_cpu_us_per_stream"]),
     ],
     "s2": [
         ("delivered events/s at saturation", lambda r: r["sat"][0]["delivered_per_s"]),

@@ -530,7 +530,7 @@ def idle(job: dict[str, Any]) -> dict[str, Any]:
     stages = []
     failed = None
     for size in sizes:
-        opened = time.monotonic()
+        opened, cpu_opening, before = time.monotonic(), read_cpu_seconds(pid), len(conns)
         try:
             conns += loop.open_many(size - len(conns), lambda _: path, deadline=opened + 120)
         except OSError as exc:
@@ -542,17 +542,24 @@ def idle(job: dict[str, Any]) -> dict[str, Any]:
         if proven < size:
             failed = f"only {proven} of {size} streams delivered their probe event"
             break
+        # The server's CPU time, less noisy than the wall time to open on a
+        # shared machine (the client competes for the same cores).
+        open_cpu = read_cpu_seconds(pid) - cpu_opening
         loop.pause(job["settle"])
         rss = read_rss_kib(pid)
         stage = {
             "streams": size,
             "open_seconds": time.monotonic() - opened,
+            "open_cpu_us_per_stream": open_cpu / (size - before) * 1e6,
             "rss_kib": rss,
             "kib_per_stream": (rss - rss_before) / size,
         }
-        for name, extra_pid in extra.items():
-            grown = read_rss_kib(extra_pid) - extra_before[name]
-            stage[f"{name}_kib_per_stream"] = grown / size
+        stage.update(
+            {
+                f"{name}_kib_per_stream": (read_rss_kib(extra_pid) - extra_before[name]) / size
+                for name, extra_pid in extra.items()
+            }
+        )
         stages.append(stage)
     _flag(job.get("opened_flag"))  # tells core.py that the next server may start opening
     result: dict[str, Any] = {
@@ -580,6 +587,7 @@ def idle(job: dict[str, Any]) -> dict[str, Any]:
             kib_per_stream=stages[-1]["kib_per_stream"],
             rss_after_kib=stages[-1]["rss_kib"],
             open_seconds=stages[-1]["open_seconds"],
+            open_cpu_us_per_stream=stages[-1]["open_cpu_us_per_stream"],
         )
         for name, extra_pid in extra.items():
             used = read_cpu_seconds(extra_pid) - extra_cpu[name]

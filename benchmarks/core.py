@@ -589,6 +589,12 @@ def scenario_idle(settings: Settings) -> dict[str, Any]:
             peers=(),
         ),
         Metric(f"open_{largest}", f"time to open {largest:,} streams", "s", pick("open_seconds")),
+        Metric(
+            "open_cpu",
+            "server CPU per stream opened (the last stage)",
+            "us",
+            pick("open_cpu_us_per_stream"),
+        ),
     ]
     ours, peers = split(names)
     return {
