@@ -391,6 +391,12 @@ class _ViewContexts:
         """Call ``func()`` in the view's contexts; in one greenlet at a time."""
         return self._copy.run(self._pushed, func)
 
+    def run_in(self) -> Callable[..., Any]:
+        """Push the view's contexts if not yet; return the copy's ``Context.run``."""
+        if self._push:
+            self._copy.run(self._pushed, _nothing)
+        return self._copy.run
+
     def _pushed(self, func: Callable[[], T]) -> T:
         if self._push:
             # After the view's own pop: pushed before it, in a copy, the
@@ -412,6 +418,10 @@ class _ViewContexts:
         held, self._held = self._held, None
         if held is not None:
             self._copy.run(_end, held, error)
+
+
+def _nothing() -> None:
+    pass
 
 
 def _end(held: Iterator[str], error: BaseException | None) -> None:
