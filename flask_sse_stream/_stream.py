@@ -81,9 +81,11 @@ heartbeats: Counter[str] = Counter()
 loop beside the server, and ``"handler"``, through the server."""
 
 _open: set[EventStream] = set()
-# Streams made and not yet closed, started or not: what a connection limit
-# counts, so a burst of requests cannot all pass the check before the first
-# of them starts. Weak: a response that is never served nor closed drops out.
+# Streams made and not started yet: with the open ones, what a connection
+# limit counts, so a burst of requests cannot all pass the check before the
+# first of them starts. Weak: a response that is never served nor closed
+# drops out. A stream leaves it when it starts (a weak reference less for
+# every open stream).
 _admitted: weakref.WeakSet[EventStream] = weakref.WeakSet()
 
 
@@ -145,7 +147,7 @@ def admitted_streams() -> int:
     Counts a stream from the moment its response is made, before the
     server starts it.
     """
-    return len(_admitted)
+    return len(_admitted) + len(_open)
 
 
 def drain(retry: int = 1000, jitter: float = 1.0) -> int:
@@ -336,6 +338,7 @@ class EventStream:
                 raise StopIteration
 
     def _start(self) -> bytes:
+        _admitted.discard(self)
         _open.add(self)
         sock = self._sock
         if sock is not None:
