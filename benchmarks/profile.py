@@ -35,7 +35,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import core
 import servers
@@ -183,53 +185,64 @@ def profile_load(args: argparse.Namespace) -> None:
     raw.unlink()
 
 
+def hold_streams(
+    server: Server, streams: int, before: Callable[[], Any], after: Callable[[], Any]
+) -> None:
+    """Warm the server up, call ``before()``, open ``streams`` idle streams as S1 does, ``after()``.
+
+    The warm-up (5 streams, then closed, as S1's) runs as a client of its
+    own, so that ``before()`` sees none of the measured streams.
+    """
+    job = {
+        "scenario": "idle",
+        "host": "127.0.0.1",
+        "port": server.port,
+        "pid": server.pid,
+        "sizes": [5],
+        "warmup": 5,
+        "settle": 0.5,
+        "window": 0.1,
+        "extra_pids": {},
+        "path": server.spec.idle_path,
+    }
+    core.run_client(job, timeout=120)
+    time.sleep(0.5)  # the warm-up's closes
+    before()
+    flag = Path(tempfile.mkstemp()[1])
+    flag.unlink()
+    process = core.start_client(
+        dict(job, sizes=[streams], warmup=0, window=60, opened_flag=str(flag))
+    )
+    deadline = time.monotonic() + 300
+    while not flag.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)
+    after()
+    process.kill()
+    process.wait()
+
+
 def profile_memory(args: argparse.Namespace) -> None:
     spec = SERVERS[args.server]
     # Snapshots at 10,000 streams block a worker for longer than gunicorn's 30 s timeout.
     env = {"PYTHONTRACEMALLOC": "25", "GUNICORN_CMD_ARGS": "--timeout 900", **_env(args)}
     with Server(spec, env=env) as server:
         port = server.port
-        flag = Path(tempfile.mkstemp()[1])
-        flag.unlink()
-        job = {
-            "scenario": "idle",
-            "host": "127.0.0.1",
-            "port": port,
-            "pid": server.pid,
-            "sizes": [args.streams],
-            "warmup": 5,
-            "settle": 0.5,
-            "window": 60,
-            "opened_flag": str(flag),
-            "extra_pids": {},
-            "path": spec.idle_path,
-        }
-        # Baseline after a warm-up of 5 streams, as S1 does.
-        process = core.start_client(job)
-        time.sleep(1.0)
-        get_json("127.0.0.1", port, "/bench/tracemalloc?take=before", timeout=300)
-        deadline = time.monotonic() + 120
-        while not flag.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        get_json("127.0.0.1", port, "/bench/tracemalloc?take=after", timeout=300)
-        by_line = get_json("127.0.0.1", port, "/bench/tracemalloc?diff=before,after&top=60", 300)
-        by_trace = get_json(
-            "127.0.0.1",
-            port,
-            "/bench/tracemalloc?diff=before,after&group=traceback&top=40",
-            timeout=300,
-        )
-        if args.dump:
-            every = get_json(
-                "127.0.0.1",
-                port,
-                "/bench/tracemalloc?diff=before,after&group=traceback&top=1000000",
-                timeout=300,
+        found: dict[str, Any] = {}
+
+        def take(name: str) -> Callable[[], None]:
+            return lambda: get_json(
+                "127.0.0.1", port, f"/bench/tracemalloc?take={name}", timeout=300
             )
-            every["streams"] = args.streams
-            Path(args.dump).write_text(json.dumps(every))
-        process.kill()
-        process.wait()
+
+        hold_streams(server, args.streams, take("before"), take("after"))
+        diff = "/bench/tracemalloc?diff=before,after"
+        by_line = get_json("127.0.0.1", port, f"{diff}&top=60", 300)
+        by_trace = get_json("127.0.0.1", port, f"{diff}&group=traceback&top=40", 300)
+        if args.dump:
+            found = get_json("127.0.0.1", port, f"{diff}&group=traceback&top=1000000", 300)
+            found["streams"] = args.streams
+            Path(args.dump).write_text(json.dumps(found))
     streams = args.streams
     lines = [
         f"tracemalloc (25 frames), server {spec.name}: what {streams} idle streams "
@@ -256,33 +269,17 @@ def profile_memory(args: argparse.Namespace) -> None:
 def split_memory(args: argparse.Namespace) -> None:
     """RSS per idle stream, split by allocator (``instrument.memory``), as S1 opens them."""
     spec = SERVERS[args.server]
+    snapshots: dict[str, dict[str, int]] = {}
     with Server(spec, env=_env(args)) as server:
-        port = server.port
-        flag = Path(tempfile.mkstemp()[1])
-        flag.unlink()
-        job = {
-            "scenario": "idle",
-            "host": "127.0.0.1",
-            "port": port,
-            "pid": server.pid,
-            "sizes": [args.streams],
-            "warmup": 5,
-            "settle": 0.5,
-            "window": 60,
-            "opened_flag": str(flag),
-            "extra_pids": {},
-            "path": spec.idle_path,
-        }
-        process = core.start_client(job)
-        time.sleep(1.0)
-        before = get_json("127.0.0.1", port, "/bench/memory", timeout=60)
-        deadline = time.monotonic() + 120
-        while not flag.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        time.sleep(1.0)
-        after = get_json("127.0.0.1", port, "/bench/memory", timeout=60)
-        process.kill()
-        process.wait()
+
+        def read(name: str) -> Callable[[], None]:
+            def get() -> None:
+                snapshots[name] = get_json("127.0.0.1", server.port, "/bench/memory", 60)
+
+            return get
+
+        hold_streams(server, args.streams, read("before"), read("after"))
+    before, after = snapshots["before"], snapshots["after"]
     streams = args.streams
 
     def per(key: str) -> float:
