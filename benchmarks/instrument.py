@@ -16,7 +16,8 @@ The probe endpoints let the load client read what only the server knows:
   (:func:`payload.stamped`, with ``&tag=T``) through the app's own pub/sub: at once, inside the
   request, when ``S`` is 0; else from a background greenlet on a fixed
   schedule, one every ``S`` seconds (an open-loop publisher);
-* ``GET /bench/subscribers``: how many fan-out subscribers are registered.
+* ``GET /bench/subscribers``: how many fan-out subscribers are registered;
+* ``GET /bench/memory``: where the process's memory sits (:func:`memory`).
 
 Nothing here patches anything: the server's entry point has done that.
 This module runs in the project's venv and in the peers' (benchmarks/.venv),
@@ -25,7 +26,11 @@ so it imports nothing of ours at module level.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import re
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 
@@ -166,6 +171,83 @@ def _tracemalloc() -> ResponseReturnValue:
     return jsonify(total=sum(s.size_diff for s in stats), top=out)
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+
+_PYMALLOC = {
+    "pymalloc_arenas": r"# arenas allocated current\s*=\s*([\d,]+)",
+    "pymalloc_allocated": r"# bytes in allocated blocks\s*=\s*([\d,]+)",
+    "pymalloc_available": r"# bytes in available blocks\s*=\s*([\d,]+)",
+    "pymalloc_unused_pools": r"unused pools \* \d+ bytes\s*=\s*([\d,]+)",
+    "pymalloc_pool_headers": r"# bytes lost to pool headers\s*=\s*([\d,]+)",
+    "pymalloc_quantization": r"# bytes lost to quantization\s*=\s*([\d,]+)",
+}
+
+
+def memory() -> dict[str, int]:
+    """Where this process's memory sits, in bytes.
+
+    ``smaps_*``: ``/proc/self/smaps_rollup`` (``smaps_Rss`` is what S1
+    counts); ``malloc_*``: glibc's ``mallinfo2()`` (``arena``: the heap
+    from ``brk``; ``hblkhd``: blocks mmapped one each; ``uordblks``: in
+    use; ``fordblks``: free in the heap); ``pymalloc_*``: CPython's small
+    object allocator, from ``sys._debugmallocstats()`` (documented in
+    ``sys``; it prints to the C stderr, read back from a file): its 1 MiB
+    arenas are mmapped, so they are in neither ``malloc_*`` figure. What
+    is in none of them (RSS minus the touched heap and arenas) is the
+    other mmaps: CPython's interpreter data stacks (a 16 KiB chunk per
+    greenlet that ran Python code) and the libraries'.
+    """
+    out: dict[str, int] = {}
+    with open("/proc/self/smaps_rollup") as rollup:
+        for line in rollup:
+            found = re.match(r"(\w+):\s+(\d+) kB", line)
+            if found:
+                out["smaps_" + found.group(1)] = int(found.group(2)) * 1024
+    libc = ctypes.CDLL(None)
+    libc.mallinfo2.restype = _MallInfo2
+    info = libc.mallinfo2()
+    for name, _ in _MallInfo2._fields_:
+        out["malloc_" + name] = getattr(info, name)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile("w+") as stats:
+        os.dup2(stats.fileno(), 2)
+        try:
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        stats.seek(0)
+        text = stats.read()
+    for key, pattern in _PYMALLOC.items():
+        found = re.search(pattern, text)
+        if found:
+            out[key] = int(found.group(1).replace(",", ""))
+    with open("/proc/self/maps") as maps:
+        out["mappings"] = sum(1 for _ in maps)
+    return out
+
+
+def _memory() -> ResponseReturnValue:
+    return jsonify(memory())
+
+
 def instrument(
     app: Flask,
     publish: Callable[[str], object] = publish_to_queues,
@@ -204,4 +286,5 @@ def instrument(
     probes.add_url_rule("/bench/publish", view_func=bench_publish, methods=["POST"])
     probes.add_url_rule("/bench/subscribers", view_func=bench_subscribers)
     probes.add_url_rule("/bench/tracemalloc", view_func=_tracemalloc)
+    probes.add_url_rule("/bench/memory", view_func=_memory)
     app.register_blueprint(probes)

@@ -8,6 +8,7 @@ the benchmark environment)::
     .venv/bin/python benchmarks/profile.py s3 --server ours
     .venv/bin/python benchmarks/profile.py s3 --server ours-worker   # or ours-gunicorn
     .venv/bin/python benchmarks/profile.py mem --server ours --streams 1000
+    .venv/bin/python benchmarks/profile.py split --server ours --streams 10000
     .venv/bin/python benchmarks/profile.py idle --server ours --streams 10000
     .venv/bin/python benchmarks/profile.py levers --ref HEAD    # proposed changes, measured
     .venv/bin/python benchmarks/profile.py s2 --ref HEAD ...   # a commit's library
@@ -18,7 +19,10 @@ off) in the middle of the phase; the report lists the functions that hold
 the most samples, inclusive and self, and the per-event cost (CPU samples
 / deliveries). ``mem`` starts the server under tracemalloc (25 frames),
 opens the streams as S1 does, and lists what the streams allocated,
-grouped by line and by traceback. Reports go to
+grouped by line and by traceback. ``split`` opens the streams as S1 does on a
+server without tracemalloc and splits their RSS by allocator (glibc's heap,
+pymalloc's arenas, the rest: other mmaps), from ``/bench/memory`` before
+and after. Reports go to
 ``benchmarks/results/profile-*.txt`` (and stdout).
 """
 
@@ -31,7 +35,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import core
 import servers
@@ -179,42 +185,64 @@ def profile_load(args: argparse.Namespace) -> None:
     raw.unlink()
 
 
+def hold_streams(
+    server: Server, streams: int, before: Callable[[], Any], after: Callable[[], Any]
+) -> None:
+    """Warm the server up, call ``before()``, open ``streams`` idle streams as S1 does, ``after()``.
+
+    The warm-up (5 streams, then closed, as S1's) runs as a client of its
+    own, so that ``before()`` sees none of the measured streams.
+    """
+    job = {
+        "scenario": "idle",
+        "host": "127.0.0.1",
+        "port": server.port,
+        "pid": server.pid,
+        "sizes": [5],
+        "warmup": 5,
+        "settle": 0.5,
+        "window": 0.1,
+        "extra_pids": {},
+        "path": server.spec.idle_path,
+    }
+    core.run_client(job, timeout=120)
+    time.sleep(0.5)  # the warm-up's closes
+    before()
+    flag = Path(tempfile.mkstemp()[1])
+    flag.unlink()
+    process = core.start_client(
+        dict(job, sizes=[streams], warmup=0, window=60, opened_flag=str(flag))
+    )
+    deadline = time.monotonic() + 300
+    while not flag.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)
+    after()
+    process.kill()
+    process.wait()
+
+
 def profile_memory(args: argparse.Namespace) -> None:
     spec = SERVERS[args.server]
-    with Server(spec, env={"PYTHONTRACEMALLOC": "25"}) as server:
+    # Snapshots at 10,000 streams block a worker for longer than gunicorn's 30 s timeout.
+    env = {"PYTHONTRACEMALLOC": "25", "GUNICORN_CMD_ARGS": "--timeout 900", **_env(args)}
+    with Server(spec, env=env) as server:
         port = server.port
-        flag = Path(tempfile.mkstemp()[1])
-        flag.unlink()
-        job = {
-            "scenario": "idle",
-            "host": "127.0.0.1",
-            "port": port,
-            "pid": server.pid,
-            "sizes": [args.streams],
-            "warmup": 5,
-            "settle": 0.5,
-            "window": 60,
-            "opened_flag": str(flag),
-            "extra_pids": {},
-            "path": spec.idle_path,
-        }
-        # Baseline after a warm-up of 5 streams, as S1 does.
-        process = core.start_client(job)
-        time.sleep(1.0)
-        get_json("127.0.0.1", port, "/bench/tracemalloc?take=before", timeout=60)
-        deadline = time.monotonic() + 120
-        while not flag.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        get_json("127.0.0.1", port, "/bench/tracemalloc?take=after", timeout=60)
-        by_line = get_json("127.0.0.1", port, "/bench/tracemalloc?diff=before,after&top=30", 60)
-        by_trace = get_json(
-            "127.0.0.1",
-            port,
-            "/bench/tracemalloc?diff=before,after&group=traceback&top=12",
-            timeout=60,
-        )
-        process.kill()
-        process.wait()
+        found: dict[str, Any] = {}
+
+        def take(name: str) -> Callable[[], None]:
+            return lambda: get_json(
+                "127.0.0.1", port, f"/bench/tracemalloc?take={name}", timeout=300
+            )
+
+        hold_streams(server, args.streams, take("before"), take("after"))
+        diff = "/bench/tracemalloc?diff=before,after"
+        by_line = get_json("127.0.0.1", port, f"{diff}&top=60", 300)
+        by_trace = get_json("127.0.0.1", port, f"{diff}&group=traceback&top=40", 300)
+        if args.dump:
+            found = get_json("127.0.0.1", port, f"{diff}&group=traceback&top=1000000", 300)
+            found["streams"] = args.streams
+            Path(args.dump).write_text(json.dumps(found))
     streams = args.streams
     lines = [
         f"tracemalloc (25 frames), server {spec.name}: what {streams} idle streams "
@@ -229,13 +257,66 @@ def profile_memory(args: argparse.Namespace) -> None:
             f"{stat['size_diff'] / streams / 1024:7.2f} KiB {stat['count_diff'] / streams:6.1f}  "
             f"{_short(stat['where'][0])}"
         )
-    lines += ["", "by traceback (most recent call last, innermost 8 frames):"]
+    lines += ["", "by traceback (most recent call last, innermost 12 frames):"]
     for stat in by_trace["top"]:
         lines.append(
             f"{stat['size_diff'] / streams / 1024:7.2f} KiB {stat['count_diff'] / streams:6.1f}"
         )
-        lines += [f"        {_short(frame)}" for frame in stat["where"][-8:]]
+        lines += [f"        {_short(frame)}" for frame in stat["where"][-12:]]
     write(f"mem-{spec.name}", lines)
+
+
+def split_memory(args: argparse.Namespace) -> None:
+    """RSS per idle stream, split by allocator (``instrument.memory``), as S1 opens them."""
+    spec = SERVERS[args.server]
+    snapshots: dict[str, dict[str, int]] = {}
+    with Server(spec, env=_env(args)) as server:
+
+        def read(name: str) -> Callable[[], None]:
+            def get() -> None:
+                snapshots[name] = get_json("127.0.0.1", server.port, "/bench/memory", 60)
+
+            return get
+
+        hold_streams(server, args.streams, read("before"), read("after"))
+    before, after = snapshots["before"], snapshots["after"]
+    streams = args.streams
+
+    def per(key: str) -> float:
+        return float(after.get(key, 0) - before.get(key, 0)) / streams
+
+    rss = per("smaps_Rss")
+    heap = per("malloc_arena") + per("malloc_hblkhd")
+    arenas = per("pymalloc_arenas") * 2**20
+    pools = sum(
+        per(key)
+        for key in (
+            "pymalloc_allocated",
+            "pymalloc_available",
+            "pymalloc_pool_headers",
+            "pymalloc_quantization",
+        )
+    )
+    rows = [
+        ("RSS (smaps_rollup Rss)", rss),
+        ("  of it anonymous", per("smaps_Anonymous")),
+        ("glibc malloc: heap grown (arena + hblkhd)", heap),
+        ("  in use (uordblks + hblkhd)", per("malloc_uordblks") + per("malloc_hblkhd")),
+        ("  free in the heap (fordblks)", per("malloc_fordblks")),
+        ("pymalloc: arenas grown (1 MiB each)", arenas),
+        ("  allocated blocks", per("pymalloc_allocated")),
+        ("  used pools (blocks, free blocks, headers, rounding)", pools),
+        ("  unused pools", per("pymalloc_unused_pools")),
+        ("RSS - malloc heap - pymalloc used pools (other mmaps)", rss - heap - pools),
+    ]
+    lines = [
+        f"RSS per idle stream by allocator, server {spec.name}, {streams} streams "
+        f"({spec.idle_path}), /bench/memory before and after (bytes per stream)",
+        "",
+    ]
+    lines += [f"{value:9.0f}  {name}" for name, value in rows]
+    lines += ["", f"mappings: {before.get('mappings')} -> {after.get('mappings')}"]
+    write(f"split-{spec.name}", lines)
 
 
 def measure_levers(args: argparse.Namespace) -> None:
@@ -289,6 +370,10 @@ def measure_levers(args: argparse.Namespace) -> None:
     write("levers", lines)
 
 
+def _env(args: argparse.Namespace) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in args.env)
+
+
 def _short(where: str) -> str:
     for marker in ("site-packages/", "/work/main/", "/tmp/"):
         if marker in where:
@@ -306,7 +391,7 @@ def write(name: str, lines: list[str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("command", choices=("s2", "s3", "mem", "idle", "levers"))
+    parser.add_argument("command", choices=("s2", "s3", "mem", "split", "idle", "levers"))
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--server", default="ours")
     parser.add_argument("--phase", choices=("lat", "sat"), default="sat")
@@ -314,6 +399,10 @@ def main() -> None:
     parser.add_argument("--subscribers", type=int, default=1000)
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--ref", help="profile the library of this commit")
+    parser.add_argument(
+        "--env", action="append", default=[], help="mem, split: NAME=VALUE for the server"
+    )
+    parser.add_argument("--dump", help="mem: also write every traceback's growth (JSON) here")
     args = parser.parse_args()
     raise_fd_limit()
     if args.ref:
@@ -328,6 +417,8 @@ def main() -> None:
         measure_levers(args)
     elif args.command == "mem":
         profile_memory(args)
+    elif args.command == "split":
+        split_memory(args)
     else:
         profile_load(args)
 

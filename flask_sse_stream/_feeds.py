@@ -265,15 +265,11 @@ class InlineFeed:
         self._yield = False
 
     def wait(self) -> None:
-        # One trip into the view's contexts for all the items of a chunk.
-        self._stream.run(self._wait)
-
-    def _wait(self) -> None:
         stream = self._stream
         core = stream.core
         producer = self._producer
         if producer is None and not self._done:
-            producer = self._producer = Producer(stream)
+            producer = self._producer = stream.run(self._make_producer)
         if self._yield:
             # The last chunk was full: the producer never waits, so let the
             # other greenlets have a turn, as a full buffer would.
@@ -283,7 +279,13 @@ class InlineFeed:
             return
         # The loop runs once per item of a producer that never waits: it
         # calls the producer itself and leaves its ends to Producer.settle.
+        # Each call goes into the view's contexts on its own, through
+        # run_in (Context.run, in C), not the loop inside one trip: where
+        # the producer waits, the handler's C stack then holds no second
+        # interpreter frame between this one and the producer's
+        # (docs/benchmarks.md, memory).
         items, encode, item = producer.items, producer.encode, core.item
+        run_in = stream.run_in()
         try:
             while True:
                 if not self._flushing and core.state is PENDING:
@@ -291,7 +293,7 @@ class InlineFeed:
                     self._flushing = True
                     stream.hub.loop.run_callback(self._flush)
                 stream.parked = True
-                frame = encode(next(items))
+                frame = run_in(encode, run_in(next, items))
                 stream.parked = False
                 if item(frame):
                     self._yield = True  # full: the handler writes it
@@ -302,11 +304,15 @@ class InlineFeed:
             pass  # stopped: whoever stopped it set the reason
         except BaseException as error:
             stream.parked = False
-            producer.settle(error)  # raises what is not the producer's end
+            # Raises what is not the producer's end.
+            run_in(producer.settle, error)
         stream.parked = False
-        producer.close()
+        run_in(producer.close)
         self._producer = None
         self._done = True
+
+    def _make_producer(self) -> Producer:
+        return Producer(self._stream)
 
     def _flush(self) -> None:
         self._flushing = False
