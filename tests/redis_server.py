@@ -98,6 +98,10 @@ class RedisServer:
                 "",
                 "--appendonly",
                 "no",
+                # A primary waits this long (Redis 7: 5 s) before a diskless full
+                # sync, for more replicas to join it; a test's replicas start at once.
+                "--repl-diskless-sync-delay",
+                "0",
                 "--dir",
                 str(self.directory),
                 "--logfile",

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import gc
 import itertools
 import threading
 import time
 from collections.abc import Iterator
 
 import gevent
-import greenlet
 import pytest
+from greenlet_guard import live_greenlets, objects_of_this_test, wait_no_new_greenlets
 
 from flask_sse_stream._heartbeat import Heartbeat, for_current_hub, interval_for
 from flask_sse_stream._stream import HEARTBEAT, EventStream
@@ -18,28 +17,13 @@ from flask_sse_stream._stream import HEARTBEAT, EventStream
 pytestmark = pytest.mark.timeout(10)
 
 
-def live_greenlets() -> set[int]:
-    gc.collect()
-    return {
-        id(o)
-        for o in gc.get_objects()
-        if isinstance(o, greenlet.greenlet) and not o.dead and o.parent is not None
-    }
-
-
-def wait_no_new_greenlets(before: set[int], timeout: float = 2) -> set[int]:
-    with gevent.Timeout(timeout, False):
-        while live_greenlets() - before:
-            gevent.sleep(0.01)
-    return live_greenlets() - before
-
-
 @pytest.fixture(autouse=True)
 def _no_greenlet_left() -> Iterator[None]:
     gevent.sleep(0)
-    before = live_greenlets()
-    yield
-    assert not wait_no_new_greenlets(before), "a heartbeat loop outlived its test"
+    with objects_of_this_test():
+        before = live_greenlets()
+        yield
+        assert not wait_no_new_greenlets(before), "a heartbeat loop outlived its test"
 
 
 class Stream:

@@ -6,7 +6,6 @@ handler side (``next()``) and the producer greenlet run here for real.
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import socket
@@ -16,9 +15,9 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import gevent
-import greenlet
 import pytest
 from gevent.event import Event as Flag
+from greenlet_guard import live_greenlets, objects_of_this_test, wait_no_new_greenlets
 
 from flask_sse_stream import CloseReason, Event, MemoryBroker
 from flask_sse_stream._stream import HEARTBEAT, EventStream, drain, open_streams
@@ -36,26 +35,14 @@ def frame(data: str) -> bytes:
     return encode(data)
 
 
-def live_greenlets() -> set[int]:
-    gc.collect()
-    return {
-        id(o)
-        for o in gc.get_objects()
-        if isinstance(o, greenlet.greenlet) and not o.dead and o.parent is not None
-    }
-
-
 @pytest.fixture(autouse=True)
 def _no_greenlet_left() -> Iterator[None]:
     """Every producer and heartbeat greenlet a test starts has ended after it."""
     gevent.sleep(0)
-    before = live_greenlets()
-    yield
-    deadline = gevent.Timeout(2, False)
-    with deadline:
-        while live_greenlets() - before:
-            gevent.sleep(0.01)
-    assert not live_greenlets() - before, "a greenlet outlived its test"
+    with objects_of_this_test():
+        before = live_greenlets()
+        yield
+        assert not wait_no_new_greenlets(before), "a greenlet outlived its test"
 
 
 class Recorder:

@@ -166,6 +166,9 @@ def test_a_hostile_request_gets_a_4xx_and_no_traceback(
     assert "Traceback" not in _log_after(server, mark)
 
 
+# flask_independent: the request never ends, so it never reaches the app;
+# the server alone closes it.
+@pytest.mark.flask_independent
 def test_a_slowloris_connection_is_closed(server: Server, request: pytest.FixtureRequest) -> None:
     """Item 7: a request line with no end is not held forever (gunicorn: its keepalive)."""
     if server.kind == "gevent_pywsgi":

@@ -25,7 +25,10 @@ from .helpers import Server, free_port, start_command
 from .test_e2e_gunicorn import OURS, start_gunicorn
 from .test_e2e_pubsub import APP, Subscriber, numbers, post, read_until, wait_subscribed
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+# flask_independent: what these tests check is the broker's slow-consumer
+# policies against slow sockets; the Flask path they take (the channels
+# blueprint's stream) is the one test_e2e_pubsub.py checks on the next Flask.
+pytestmark = [pytest.mark.e2e, pytest.mark.flask_independent, pytest.mark.timeout(120)]
 
 # (server, broker): both servers' write paths (beside the server on the runner
 # and our worker, through it with -k gevent) and every broker.
