@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import os
 import signal
 import socket
 import sys
@@ -20,7 +21,21 @@ from ._cancel import SOCKET_KEY
 from ._stream import drain
 from ._transport import ENVIRON_KEY, Transport
 
-__all__ = ["SSEHandler", "TransportHandler", "serve"]
+__all__ = ["SSEHandler", "TransportHandler", "lean_greenlets", "serve"]
+
+
+def lean_greenlets() -> None:
+    """Turn off gevent's greenlet-tree tracking, unless ``GEVENT_TRACK_GREENLET_TREE`` is set.
+
+    For our runner and our gunicorn worker, which spawn a greenlet per
+    connection: gevent's documented ``track_greenlet_tree`` setting records,
+    for each greenlet, the greenlet that spawned it and that one's stack, a
+    debugging aid that costs 14 % of the CPU of opening a stream and 0.3 KiB
+    per stream (docs/benchmarks.md, S1). ``GEVENT_TRACK_GREENLET_TREE=1``
+    keeps it on.
+    """
+    if "GEVENT_TRACK_GREENLET_TREE" not in os.environ:
+        gevent.config.track_greenlet_tree = False
 
 
 class TransportHandler(WSGIHandler):
@@ -335,6 +350,9 @@ def serve(
     headers (``None``: for ever); it is also how long an idle kept-alive
     connection waits for its next request.
 
+    It turns gevent's greenlet-tree tracking off (:func:`lean_greenlets`;
+    ``GEVENT_TRACK_GREENLET_TREE=1`` keeps it on).
+
     The process must be patched by gevent first: run the app with
     ``flask-sse-stream serve module:app``, or call
     ``gevent.monkey.patch_all()`` at the very top of your entry point.
@@ -349,6 +367,7 @@ def serve(
             "the others: start it with `flask-sse-stream serve module:app`, or call "
             "`from gevent import monkey; monkey.patch_all()` before importing anything else."
         )
+    lean_greenlets()
     pool = Pool()  # unbounded; a pool lets shutdown wait for the handlers
 
     class Handler(SSEHandler):

@@ -15,7 +15,7 @@ import gevent
 import gevent.socket
 import pytest
 
-from flask_sse_stream._server import _Reader
+from flask_sse_stream._server import _Reader, lean_greenlets
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -112,3 +112,28 @@ def test_a_closed_reader_refuses_to_read(pair: tuple[gevent.socket.socket, ...])
     with pytest.raises(ValueError, match="closed"):
         reader.readline()
     assert ours.fileno() >= 0  # the socket stays open: it is the handler's
+
+
+@pytest.fixture
+def tree_tracking() -> Iterator[None]:
+    before = gevent.config.track_greenlet_tree
+    gevent.config.track_greenlet_tree = True
+    yield
+    gevent.config.track_greenlet_tree = before
+
+
+@pytest.mark.usefixtures("tree_tracking")
+def test_our_servers_turn_greenlet_tree_tracking_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GEVENT_TRACK_GREENLET_TREE", raising=False)
+    lean_greenlets()
+    assert gevent.config.track_greenlet_tree is False
+    greenlet = gevent.spawn(lambda: None)
+    greenlet.join()
+    assert getattr(greenlet, "spawning_stack", None) is None
+
+
+@pytest.mark.usefixtures("tree_tracking")
+def test_the_environment_keeps_greenlet_tree_tracking_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GEVENT_TRACK_GREENLET_TREE", "1")
+    lean_greenlets()
+    assert gevent.config.track_greenlet_tree is True
