@@ -55,7 +55,7 @@ from typing import Any
 
 import servers
 from client import read_cpu_seconds, read_rss_kib
-from servers import HOST, PEERS_BIN, QUICK_EXIT, Server, ServerSpec
+from servers import HOST, QUICK_EXIT, Server, ServerSpec, uvicorn_command
 
 HERE = Path(__file__).resolve().parent
 
@@ -97,30 +97,14 @@ def spec(name: str, workers: int, per_worker: int) -> ServerSpec:
         )
     module = {"starlette": "peer_starlette", "fastapi": "peer_fastapi"}[name]
 
-    def uvicorn(port: int) -> list[str]:
-        return [
-            str(PEERS_BIN / "uvicorn"),
-            f"benchmarks.{module}:app",
-            "--loop",
-            "uvloop",
-            "--http",
-            "httptools",
-            "--workers",
-            str(workers),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-            "--backlog",
-            "4096",
-            "--timeout-graceful-shutdown",
-            "2",
-            "--host",
-            HOST,
-            "--port",
-            str(port),
-        ]
-
-    return ServerSpec(name, name, False, uvicorn, True, peer_env=True)
+    return ServerSpec(
+        name,
+        name,
+        False,
+        uvicorn_command(f"benchmarks.{module}:app", workers),
+        True,
+        peer_env=True,
+    )
 
 
 PATHS = {

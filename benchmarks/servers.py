@@ -93,7 +93,9 @@ def _gunicorn(
     return argv
 
 
-def _uvicorn(target: str) -> Callable[[int], list[str]]:
+def uvicorn_command(target: str, workers: int = 1) -> Callable[[int], list[str]]:
+    """The peers' uvicorn command (uvloop, httptools), with ``workers`` processes."""
+
     def argv(port: int) -> list[str]:
         return [
             str(PEERS_BIN / "uvicorn"),
@@ -102,6 +104,7 @@ def _uvicorn(target: str) -> Callable[[int], list[str]]:
             "uvloop",
             "--http",
             "httptools",
+            *(["--workers", str(workers)] if workers > 1 else []),
             "--no-access-log",
             "--log-level",
             "warning",
@@ -307,7 +310,7 @@ SERVERS: dict[str, ServerSpec] = {
             "starlette",
             "sse-starlette, uvicorn (uvloop, httptools)",
             False,
-            _uvicorn("benchmarks.peer_starlette:app"),
+            uvicorn_command("benchmarks.peer_starlette:app"),
             True,
             peer_env=True,
         ),
@@ -315,7 +318,7 @@ SERVERS: dict[str, ServerSpec] = {
             "fastapi",
             "FastAPI native SSE (fastapi.sse), uvicorn (uvloop, httptools)",
             False,
-            _uvicorn("benchmarks.peer_fastapi:app"),
+            uvicorn_command("benchmarks.peer_fastapi:app"),
             True,
             peer_env=True,
         ),
@@ -324,7 +327,7 @@ SERVERS: dict[str, ServerSpec] = {
                 f"fastapi-{items}",
                 f"FastAPI native SSE, items as BENCH_FASTAPI_ITEMS={items} (see peer_fastapi.py)",
                 False,
-                _uvicorn("benchmarks.peer_fastapi:app"),
+                uvicorn_command("benchmarks.peer_fastapi:app"),
                 True,
                 peer_env=True,
                 env=(("BENCH_FASTAPI_ITEMS", items),),

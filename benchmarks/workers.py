@@ -27,6 +27,7 @@ the client and Redis compete with them.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -61,6 +62,13 @@ def _pids(server: Server) -> list[int]:
     return pids
 
 
+def _fanout_job(server: Server, name: str, **settings: Any) -> dict[str, Any]:
+    """core.py's S2 job with ``settings`` (``core.Settings`` fields), on every worker's pid."""
+    job = core._fanout_job(server, dataclasses.replace(core.FULL, **settings))
+    # Every worker's CPU counts; subscribers are ready once their first event arrives.
+    return {**job, "pids": _pids(server), "path": PATHS[name], "ready": "event"}
+
+
 def measure(config: str, args: argparse.Namespace) -> dict[str, Any]:
     name, spec = _spec(config)
     workers = int(config.rsplit("-w", 1)[1])
@@ -68,22 +76,15 @@ def measure(config: str, args: argparse.Namespace) -> dict[str, Any]:
         deadline = time.monotonic() + 30
         while len(scale.tree(server.process.pid)) < workers + 1 and time.monotonic() < deadline:
             time.sleep(0.2)
-        job = {
-            "scenario": "fanout",
-            "host": servers.HOST,
-            "port": server.port,
-            "pid": server.pid,
-            "pids": _pids(server),
-            "path": PATHS[name],
-            "ready": "event",
-            "subscribers": args.subscribers,
-            "sat_seconds": args.sat_seconds,
-            "window": 100,
-            "burst": 10,
-            "rate": args.rate,
-            "lat_seconds": args.lat_seconds,
-            "drain_timeout": 3.0,
-        }
+        job = _fanout_job(
+            server,
+            name,
+            s2_subscribers=args.subscribers,
+            s2_sat_seconds=args.sat_seconds,
+            s2_rate=args.rate,
+            s2_lat_seconds=args.lat_seconds,
+            s2_drain=3.0,
+        )
         result = core.run_client(job, timeout=300)
         if not server.alive():
             raise RuntimeError(f"{config} died:\n{server.log()}")
@@ -148,22 +149,15 @@ def reach(args: argparse.Namespace) -> dict[str, Any]:
         spec = scale.spec(name, 2, 5000)
         with Server(spec) as server:
             time.sleep(2)
-            job = {
-                "scenario": "fanout",
-                "host": servers.HOST,
-                "port": server.port,
-                "pid": server.pid,
-                "pids": _pids(server),
-                "path": PATHS[name],
-                "ready": "event",
-                "subscribers": args.subscribers,
-                "sat_seconds": 0.1,
-                "window": 100,
-                "burst": 10,
-                "rate": 10,
-                "lat_seconds": 1,
-                "drain_timeout": 2.0,
-            }
+            job = _fanout_job(
+                server,
+                name,
+                s2_subscribers=args.subscribers,
+                s2_sat_seconds=0.1,
+                s2_rate=10,
+                s2_lat_seconds=1,
+                s2_drain=2.0,
+            )
             result = core.run_client(job, timeout=120)
         lat = result["lat"][0]
         out[f"{name}-w2"] = {
