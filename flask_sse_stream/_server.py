@@ -254,14 +254,17 @@ class _Reader:
 
     def read(self, size: int | None = -1) -> bytes:
         """Read ``size`` bytes, fewer only at the end; all until the end if ``size`` < 0."""
-        data = self._rest
+        # A bytearray: appending to bytes copies everything read so far,
+        # quadratic in a large body.
+        buffer = bytearray(self._rest)
         limit = -1 if size is None else size
-        while limit < 0 or len(data) < limit:
-            want = self._chunk if limit < 0 else max(limit - len(data), self._chunk)
+        while limit < 0 or len(buffer) < limit:
+            want = self._chunk if limit < 0 else max(limit - len(buffer), self._chunk)
             more = self._recv(min(want, 65536))
             if not more:
                 break
-            data += more
+            buffer += more
+        data = bytes(buffer)
         if 0 <= limit < len(data):
             self._rest = data[limit:]
             return data[:limit]
