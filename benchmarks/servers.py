@@ -413,8 +413,10 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     for name in ("SSE_BROKER_URL", "REDIS_URL"):
         env.pop(name, None)
     if SOURCE != ROOT:
-        # Before the editable install of the working tree on sys.path.
-        env["PYTHONPATH"] = str(SOURCE)
+        # Before the editable install of the working tree on sys.path; a
+        # PYTHONPATH of the caller's (a sitecustomize that probes) after it.
+        paths = (str(SOURCE), os.environ.get("PYTHONPATH", ""))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     env.update(extra or {})
     return env
 

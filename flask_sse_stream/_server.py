@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import http.client
 import os
 import signal
@@ -21,7 +22,7 @@ from ._cancel import SOCKET_KEY
 from ._stream import drain
 from ._transport import ENVIRON_KEY, Transport
 
-__all__ = ["SSEHandler", "TransportHandler", "lean_greenlets", "serve"]
+__all__ = ["SSEHandler", "TransportHandler", "freeze_startup_objects", "lean_greenlets", "serve"]
 
 
 def lean_greenlets() -> None:
@@ -36,6 +37,26 @@ def lean_greenlets() -> None:
     """
     if "GEVENT_TRACK_GREENLET_TREE" not in os.environ:
         gevent.config.track_greenlet_tree = False
+
+
+def freeze_startup_objects() -> None:
+    """Collect, then move every object alive so far out of the collector's sight.
+
+    For our runner and our gunicorn worker, once the app is loaded and
+    before the first request: the app's modules, routes and config live as
+    long as the process, yet the cyclic collector would walk them again and
+    again. While they sat in its middle generation, each of its collections
+    there took 1-3 ms and landed inside whichever request was opening a
+    stream (the worst first byte of 50, docs/benchmarks.md, S5). This is
+    the standard library's documented ``gc.freeze()``; objects created later
+    are collected as usual. Startup objects that become cyclic garbage
+    later are freed only by reference counting: set
+    ``FLASK_SSE_STREAM_GC_FREEZE=0`` for an app that, while serving, drops
+    reference cycles it built at startup.
+    """
+    if os.environ.get("FLASK_SSE_STREAM_GC_FREEZE", "1") != "0":
+        gc.collect()
+        gc.freeze()
 
 
 class TransportHandler(WSGIHandler):
@@ -354,7 +375,9 @@ def serve(
     connection waits for its next request.
 
     It turns gevent's greenlet-tree tracking off (:func:`lean_greenlets`;
-    ``GEVENT_TRACK_GREENLET_TREE=1`` keeps it on).
+    ``GEVENT_TRACK_GREENLET_TREE=1`` keeps it on) and, once listening,
+    hides the objects alive so far from the cyclic garbage collector
+    (:func:`freeze_startup_objects`; ``FLASK_SSE_STREAM_GC_FREEZE=0`` does not).
 
     The process must be patched by gevent first: run the app with
     ``flask-sse-stream serve module:app``, or call
@@ -385,6 +408,7 @@ def serve(
         log=sys.stderr if access_log else None,
     )
     server.start()
+    freeze_startup_objects()
     if on_ready is not None:
         on_ready(host, server.socket.getsockname()[1])
     stop = Flag()

@@ -9,13 +9,15 @@ was read and not asked for yet.
 
 from __future__ import annotations
 
+import gc
+import weakref
 from collections.abc import Iterator
 
 import gevent
 import gevent.socket
 import pytest
 
-from flask_sse_stream._server import _Reader, lean_greenlets
+from flask_sse_stream._server import _Reader, freeze_startup_objects, lean_greenlets
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -137,3 +139,41 @@ def test_the_environment_keeps_greenlet_tree_tracking_on(monkeypatch: pytest.Mon
     monkeypatch.setenv("GEVENT_TRACK_GREENLET_TREE", "1")
     lean_greenlets()
     assert gevent.config.track_greenlet_tree is True
+
+
+class Node:
+    """A container the cyclic collector tracks."""
+
+    def __init__(self) -> None:
+        self.other: Node | None = None
+
+
+@pytest.fixture
+def unfrozen() -> Iterator[None]:
+    gc.unfreeze()
+    yield
+    gc.unfreeze()
+
+
+@pytest.mark.usefixtures("unfrozen")
+def test_startup_objects_are_collected_then_frozen(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FLASK_SSE_STREAM_GC_FREEZE", raising=False)
+    cycle = Node()
+    cycle.other = Node()
+    cycle.other.other = cycle
+    garbage = weakref.ref(cycle)
+    del cycle
+    kept = Node()
+    freeze_startup_objects()
+    assert garbage() is None  # collected first, not frozen for ever
+    assert gc.get_freeze_count() > 0
+    assert not any(o is kept for o in gc.get_objects())  # out of the collector's sight
+    later = Node()
+    assert any(o is later for o in gc.get_objects())
+
+
+@pytest.mark.usefixtures("unfrozen")
+def test_the_environment_leaves_the_collector_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLASK_SSE_STREAM_GC_FREEZE", "0")
+    freeze_startup_objects()
+    assert gc.get_freeze_count() == 0

@@ -85,6 +85,7 @@ def state() -> dict[str, Any]:
         rss_pages = int(statm.read().split()[1])
     return {
         "greenlets": sum(isinstance(o, greenlet.greenlet) for o in gc.get_objects()),
+        "gc_frozen": gc.get_freeze_count(),
         "fds": len(os.listdir("/proc/self/fd")),
         "open_streams": len(open_streams()),
         "threads": threading.active_count(),

@@ -6,6 +6,9 @@ heartbeat is sent by the heartbeat loop itself, framed as the server frames
 a chunk; h11 in strict mode reads every byte. Elsewhere (gunicorn's own
 workers, a middleware that changes the body, HTTP/1.0) the handler writes
 it, through the server.
+
+Our servers also freeze the app's startup objects out of the cyclic
+collector's sight (``flask_sse_stream._server.freeze_startup_objects``).
 """
 
 from __future__ import annotations
@@ -99,3 +102,12 @@ def test_a_producer_that_never_waits_leaves_the_server_free_for_others(server: S
         status, body = server.get("/health", timeout=2)
         assert (status, body) == (200, b"ok")
         assert client.chunk(timeout=2)
+
+
+def test_our_servers_freeze_the_startup_objects_only_theirs(server: Server) -> None:
+    frozen = server.state()["gc_frozen"]
+    if server.kind in BESIDE:
+        # The app's modules, routes and config: thousands of objects.
+        assert frozen > 10_000, frozen
+    else:  # gunicorn's own workers: the collector as Python leaves it
+        assert frozen == 0, frozen
