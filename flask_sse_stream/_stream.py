@@ -308,6 +308,8 @@ class EventStream:
         self.writing_since = 0.0
         feed = self._feed
         if feed is None:
+            if self._released:
+                raise StopIteration  # closed: its feed is gone
             feed = self._feed = self._choose_feed()
         while True:
             writer = self._rest_writer
@@ -591,6 +593,7 @@ class EventStream:
                 writer.kill()
             if self._feed is not None:
                 self._feed.close()
+                self._feed = None  # it holds the stream: no cycle left
             if not self._ran:
                 # No producer ran (a subscription, or the client left before
                 # it started): its cleanup is still owed.

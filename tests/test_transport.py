@@ -9,8 +9,10 @@ server only in part; h11 reads the wire strictly on the client's side.
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
+import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -295,3 +297,43 @@ def test_full_chunks_of_a_producer_that_never_waits_go_beside_the_server_whole_a
     assert handler.writes == 1
     expected = b"".join(Event(str(n) * size, id=str(n)).encode() for n in range(count))
     assert bytes(client.body) == PREAMBLE + expected
+
+
+@pytest.fixture
+def without_the_cycle_collector() -> Iterator[None]:
+    gc.collect()
+    gc.disable()
+    yield
+    gc.enable()
+
+
+@pytest.mark.usefixtures("without_the_cycle_collector")
+@pytest.mark.parametrize("source", ["generator", "subscription"])
+def test_a_closed_stream_is_freed_by_reference_counting_alone(
+    pair: tuple[gevent.socket.socket, gevent.socket.socket], source: str
+) -> None:
+    # Left in a reference cycle, a closed stream keeps its request's objects
+    # (greenlet, socket, Flask's contexts: ~40 per stream) until the
+    # collector's next full pass, which then walks them all at once.
+    def producer() -> Iterator[str]:
+        yield "first"
+        gevent.sleep(600)
+
+    server, client_sock = pair
+    broker = MemoryBroker(history_size=10, queue_size=10)
+    handler = Handler(server, producer() if source == "generator" else broker.subscribe(["c"]))
+    client = Client(client_sock)
+    try:
+        if source == "subscription":
+            handler.wait_parked()
+            broker.publish("c", Event("first"))
+        client.read_until(b"data: first\n\n")
+        assert handler.stream is not None
+        stream = weakref.ref(handler.stream)
+    finally:
+        client_sock.close()
+        handler.greenlet.join(5)
+        broker.close()
+    assert handler.greenlet.dead
+    handler.stream = None
+    assert stream() is None
