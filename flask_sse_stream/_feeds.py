@@ -100,7 +100,12 @@ class Producer:
         else:
             if isinstance(error, gevent.GreenletExit):
                 self.close()
-            raise error
+            try:
+                raise error
+            finally:
+                # Or the error's traceback holds this frame, which holds the error:
+                # a cycle that keeps the stream for the collector's next full pass.
+                del error
 
     def close(self) -> None:
         """Close the view's generator now (its ``finally`` runs), then the cleanup."""

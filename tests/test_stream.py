@@ -6,11 +6,13 @@ handler side (``next()``) and the producer greenlet run here for real.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -157,6 +159,24 @@ def test_close_kills_a_blocked_producer_and_runs_its_finally() -> None:
     stream.close()  # twice is harmless
     with pytest.raises(StopIteration):
         next(stream)
+
+
+def test_a_closed_stream_is_freed_by_reference_counting_alone() -> None:
+    # A producer in a greenlet of ours; tests/test_transport.py covers the
+    # inline producer and the subscription. In a reference cycle, a closed
+    # stream would keep its request's objects until the collector's next full pass.
+    source = Recorder(block=600)
+    stream = make(source)
+    next(stream)
+    assert source.started.wait(1)
+    gc.disable()
+    try:
+        stream.close()
+        closed = weakref.ref(stream)
+        del stream
+        assert closed() is None
+    finally:
+        gc.enable()
 
 
 def test_closing_a_stream_that_never_started_closes_its_source() -> None:
