@@ -6,6 +6,7 @@ Run from the repository root, after ``core.py --setup``::
     .venv/bin/python benchmarks/ab.py s3 e5f99f9:ours-gunicorn work:ours-worker
     .venv/bin/python benchmarks/ab.py s1 HEAD~1 work --streams 3000 --reps 2
     .venv/bin/python benchmarks/ab.py s2 e5f99f9 work
+    .venv/bin/python benchmarks/ab.py s4 e5f99f9 work   # servers that watch for a close
     .venv/bin/python benchmarks/ab.py s5 e5f99f9 work
 
 A side is a git commit or ``work`` (the working tree), and ``:server`` names
@@ -67,6 +68,10 @@ FIGURES: dict[str, list[Figure]] = {
         ("events/s on one stream", lambda r: r["events_per_s"]),
         ("server CPU per event (us)", lambda r: r["server_cpu_pct"] / r["events_per_s"] * 1e4),
     ],
+    "s4": [
+        ("close to finally p50 (ms)", lambda r: r["p50_ms"]),
+        ("close to finally p99 (ms)", lambda r: r["p99_ms"]),
+    ],
     "s5": [
         ("first body byte p50 (ms)", lambda r: r["first_body"]["p50_ms"]),
         ("first body byte p99 (ms)", lambda r: r["first_body"]["p99_ms"]),
@@ -82,6 +87,8 @@ def job_for(scenario: str, server: Server, settings: core.Settings, flag: str) -
         return core._fanout_job(server, settings)
     if scenario == "s3":
         return core._single_job(server, settings)
+    if scenario == "s4":
+        return core._disconnect_job(server, settings, 0, flag)
     return core._ttfb_job(server, settings)
 
 
