@@ -254,7 +254,7 @@ class _Reader:
     def readline(self, size: int | None = -1) -> bytes:
         """Read up to and including the next ``\\n``, at most ``size`` bytes; ``b""`` at the end."""
         limit = -1 if size is None else size
-        data = self._rest
+        data: bytes | bytearray = self._rest
         start = 0
         while True:
             end = data.find(b"\n", start)
@@ -269,9 +269,15 @@ class _Reader:
             if not more:
                 end = len(data)
                 break
-            data += more
-        self._rest = data[end:]
-        return data[:end]
+            if start:
+                # A line over several recv()s: appending to bytes copies
+                # everything read so far, quadratic in a long line (as read()).
+                data = bytearray(data) if isinstance(data, bytes) else data
+                data += more
+            else:
+                data = more
+        self._rest = bytes(data[end:])
+        return bytes(data[:end])
 
     def read(self, size: int | None = -1) -> bytes:
         """Read ``size`` bytes, fewer only at the end; all until the end if ``size`` < 0."""
