@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -27,10 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from ports import HOST, free_port  # tests/ports.py
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-
-HOST = "127.0.0.1"
 
 
 def find_redis_server() -> str | None:
@@ -44,29 +41,6 @@ def find_redis_server() -> str | None:
         if candidate.is_file():
             return str(candidate)
     return None
-
-
-def free_port() -> int:
-    """A port nothing listens on, below the kernel's range for outgoing connections.
-
-    A port from ``bind(0)`` comes from that range: until redis-server binds
-    it, any connection this machine makes may take it as its local port
-    (seen: a cluster node exited with "Address already in use" on its bus
-    port while other tests ran). Below the range, only a listener can.
-    """
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
-    for _ in range(200):
-        port = random.randrange(max(1024, low - 12_000), low)
-        with socket.socket() as sock:
-            try:
-                sock.bind((HOST, port))
-            except OSError:
-                continue  # a listener of its own there
-            return port
-    raise RuntimeError(f"no free port in {max(1024, low - 12_000)}-{low - 1}")
 
 
 class RedisServer:

@@ -6,7 +6,6 @@ handler side (``next()``) and the producer greenlet run here for real.
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import socket
@@ -19,7 +18,12 @@ from typing import Any
 import gevent
 import pytest
 from gevent.event import Event as Flag
-from greenlet_guard import live_greenlets, objects_of_this_test, wait_no_new_greenlets
+from greenlet_guard import (
+    live_greenlets,
+    objects_of_this_test,
+    wait_no_new_greenlets,
+    without_the_cycle_collector,
+)
 
 from flask_sse_stream import CloseReason, Event, MemoryBroker
 from flask_sse_stream._stream import HEARTBEAT, EventStream, drain, open_streams
@@ -169,14 +173,11 @@ def test_a_closed_stream_is_freed_by_reference_counting_alone() -> None:
     stream = make(source)
     next(stream)
     assert source.started.wait(1)
-    gc.disable()
-    try:
+    with without_the_cycle_collector():
         stream.close()
         closed = weakref.ref(stream)
         del stream
         assert closed() is None
-    finally:
-        gc.enable()
 
 
 def test_closing_a_stream_that_never_started_closes_its_source() -> None:

@@ -9,7 +9,6 @@ server only in part; h11 reads the wire strictly on the client's side.
 
 from __future__ import annotations
 
-import gc
 import os
 import socket
 import weakref
@@ -21,6 +20,7 @@ import gevent.socket
 import h11
 import pytest
 from gevent.event import Event as Flag
+from greenlet_guard import without_the_cycle_collector
 
 from flask_sse_stream import Event, MemoryBroker
 from flask_sse_stream._core import chunk
@@ -300,14 +300,12 @@ def test_full_chunks_of_a_producer_that_never_waits_go_beside_the_server_whole_a
 
 
 @pytest.fixture
-def without_the_cycle_collector() -> Iterator[None]:
-    gc.collect()
-    gc.disable()
-    yield
-    gc.enable()
+def no_cycle_collector() -> Iterator[None]:
+    with without_the_cycle_collector():
+        yield
 
 
-@pytest.mark.usefixtures("without_the_cycle_collector")
+@pytest.mark.usefixtures("no_cycle_collector")
 @pytest.mark.parametrize("source", ["generator", "subscription"])
 def test_a_closed_stream_is_freed_by_reference_counting_alone(
     pair: tuple[gevent.socket.socket, gevent.socket.socket], source: str

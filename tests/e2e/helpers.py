@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import h11
+from ports import HOST, free_port  # tests/ports.py; imported from here by the other suites
 
 from flask_sse_stream.testing import EventStreamParser, ServerSentEvent
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = "tests.e2e.apps:app"
-HOST = "127.0.0.1"
 
 T = TypeVar("T")
 
@@ -48,12 +48,6 @@ def wait_for(
         if time.monotonic() >= deadline:
             raise TimeoutError(message or f"condition not met within {timeout} s")
         time.sleep(interval)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 WORKER_CLASSES = {
